@@ -28,10 +28,14 @@ class Method:
             prefixed with the method (``lora_r``), so all methods' options share one command line.
         default_learning_rate: used when the user gives no ``--learning_rate``.
         learning_rate_source: where that default comes from (paper, library docs, measurement).
-        build_scratch: ``(base_model, options) -> model`` using only this project's modules.
-        build_library: ``(base_model, options) -> model`` using the PEFT library, or ``None`` if no library has it.
+        build_scratch: ``(base_model, options, tokenizer) -> model`` using only this project's modules.
+        build_library: ``(base_model, options, tokenizer) -> model`` using the PEFT library, or ``None`` if no
+            library has it. Library imports happen inside it, so the scratch path never imports the library.
         library_module: the importable name of that library (``peft``, ``adapters``).
         library_install_hint: what to run when the library is missing.
+        save_library: ``(model, directory) -> None`` writing the library model's delta-only artifact, for libraries
+            whose ``model.save_pretrained`` would write the whole model (AdapterHub); ``None`` means
+            ``model.save_pretrained(directory)``.
     """
 
     name: str
@@ -43,6 +47,7 @@ class Method:
     build_library: Callable[[Any, Any], Any] | None = None
     library_module: str | None = None
     library_install_hint: str | None = None
+    save_library: Callable[[Any, str], None] | None = None
 
     def builder(self, implementation: str) -> Callable[[Any, Any], Any]:
         """The builder for ``implementation``, or a :class:`UsageError` saying why it cannot be had."""
@@ -102,6 +107,6 @@ def get_method(name: str) -> Method:
         raise UsageError(f"unknown method {name!r}; choose one of {', '.join(METHODS)} (--method NAME)") from None
 
 
-def build_method_model(base_model, method_name: str, implementation: str, options=None):
+def build_method_model(base_model, method_name: str, implementation: str, options=None, tokenizer=None):
     """Apply ``method_name`` in ``implementation`` to ``base_model`` and return the model to train."""
-    return get_method(method_name).builder(implementation)(base_model, options)
+    return get_method(method_name).builder(implementation)(base_model, options, tokenizer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import Method
 
 
-def build_full_fine_tuning(base_model, options=None):
+def build_full_fine_tuning(base_model, options=None, tokenizer=None):
     """Return ``base_model`` with every parameter trainable."""
     base_model.requires_grad_(True)
     return base_model
