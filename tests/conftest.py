@@ -7,11 +7,15 @@ with a stated reason when it is absent, as it is in a user's clone.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A private datasets cache: a local folder named "imdb" is cached under the name "imdb", and offline
+# `load_dataset("imdb")` would then silently find it instead of failing as the Hub path does here.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf_peft_suite_datasets_")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 

@@ -1,0 +1,228 @@
+"""Data: load a classification dataset, clean it, turn labels into words, tokenize.
+
+Sentiment classification becomes text-to-text: the encoder reads the review, the decoder writes the label word
+(``negative`` / ``positive`` for IMDB). Everything a user can get wrong (a missing column, a label with no word, an
+empty text or split, an unreachable Hub dataset) is a :class:`UsageError` raised here, before any training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .arguments import DataArguments
+from .errors import UsageError
+from .tiny import TINY_DATASET_NAME, build_tiny_dataset
+
+# ClassLabel names -> the words the model writes. Names not listed are used as they are.
+VERBALIZER = {"neg": "negative", "pos": "positive"}
+FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def clean_review(text: str) -> str:
+    """The reference notebook's cleaning: HTML line breaks become spaces, then everything is lowercased."""
+    return text.replace("<br />", " ").lower()
+
+
+@dataclass
+class PreparedData:
+    """Tokenized splits (columns ``input_ids``, ``attention_mask``, ``labels``) and the label words."""
+
+    train_dataset: object
+    eval_dataset: object
+    label_words: list[str]
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def load_raw_dataset(args: DataArguments):
+    """A ``DatasetDict`` from the built-in tiny data, local files or folder, or the Hub."""
+    from datasets import load_dataset
+
+    if args.dataset_name == TINY_DATASET_NAME and not (args.train_file or args.eval_file):
+        return build_tiny_dataset()
+    if args.train_file or args.eval_file:
+        files = {args.train_split: args.train_file, args.eval_split: args.eval_file}
+        if None in files.values():
+            raise UsageError("give both --train_file and --eval_file (or neither, and --dataset_name)")
+        for path in files.values():
+            if not os.path.isfile(path):
+                raise UsageError(f"data file {path} does not exist")
+        builder = _file_builder(files[args.train_split])
+        return _load(lambda: load_dataset(builder, data_files=files), f"the files {', '.join(files.values())}")
+    path = Path(args.dataset_name)
+    if path.is_dir():
+        return _load(lambda: load_dataset(str(path), args.dataset_config_name), f"the folder {path}")
+    if path.is_file():
+        builder = _file_builder(str(path))
+        return _load(lambda: load_dataset(builder, data_files={args.train_split: str(path)}), f"the file {path}")
+    if args.dataset_name.startswith((".", "/", "~")) or os.sep + os.sep in args.dataset_name:
+        raise UsageError(f"dataset path {args.dataset_name} does not exist; give an existing folder or file")
+    try:
+        return load_dataset(args.dataset_name, args.dataset_config_name)
+    except Exception as error:
+        raise UsageError(
+            f"cannot load the dataset {args.dataset_name!r} from the Hugging Face Hub ({type(error).__name__}: "
+            f"{_first_line(error)}). Without network access, run `--preset tiny` (built in, offline), or point "
+            f"--dataset_name at a local copy (a folder in Hub layout, or csv/jsonl/parquet files named by split)"
+        ) from None
+
+
+def _file_builder(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise UsageError(f"cannot read {path}: use a .csv, .json, .jsonl or .parquet file")
+    return FILE_BUILDERS[suffix]
+
+
+def _load(load, what: str):
+    try:
+        return load()
+    except UsageError:
+        raise
+    except Exception as error:
+        raise UsageError(f"cannot read {what} as a dataset ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ------------------------------------------------------------------------------------------------------ labels
+def resolve_label_words(train, evaluation, args: DataArguments) -> tuple[list[str], dict]:
+    """The word for each class, and a map from the raw label value to its class id.
+
+    ClassLabel columns use their names through :data:`VERBALIZER` (or ``--label_words``, in class-id order);
+    string columns use the strings themselves (sorted), or ``--label_words`` as the list of allowed labels;
+    integer columns need ``--label_words``.
+    """
+    from datasets import ClassLabel
+
+    feature = train.features[args.label_column]
+    given = list(args.label_words) if args.label_words else None
+    if isinstance(feature, ClassLabel):
+        words = given or [VERBALIZER.get(name, name) for name in feature.names]
+        if len(words) != feature.num_classes:
+            raise UsageError(
+                f"--label_words gives {len(words)} words but the label column {args.label_column!r} has "
+                f"{feature.num_classes} classes {feature.names}; give one word per class, in class-id order"
+            )
+        value_to_id = {index: index for index in range(feature.num_classes)}
+    else:
+        values = sorted(set(train[args.label_column]) | set(evaluation[args.label_column]), key=str)
+        if any(value is None for value in values):
+            raise UsageError(f"the label column {args.label_column!r} has empty labels; fill or drop those rows")
+        if all(isinstance(value, str) for value in values):
+            words = given or values
+            value_to_id = {word: index for index, word in enumerate(words)}
+        elif given:
+            value_to_id = {index: index for index in range(len(given))}
+            words = given
+        else:
+            raise UsageError(
+                f"the label column {args.label_column!r} holds numbers {values[:5]} without names; give the word for "
+                f"each class with --label_words (in class-id order), e.g. --label_words negative positive"
+            )
+        outside = [value for value in values if value not in value_to_id]
+        if outside:
+            raise UsageError(
+                f"labels {outside[:5]} in column {args.label_column!r} have no label word (label words: {words}); "
+                f"add them to --label_words or fix the data"
+            )
+    _check_words(words)
+    return words, value_to_id
+
+
+def _check_words(words: list[str]) -> None:
+    if any(not word.strip() for word in words):
+        raise UsageError(f"label words must not be empty: {words}")
+    if len(set(words)) != len(words):
+        raise UsageError(f"label words must be different from each other: {words}")
+
+
+def check_words_survive_tokenizer(words: list[str], tokenizer) -> None:
+    """Each label word must decode back to itself, or generated text could never match it."""
+    for word in words:
+        ids = tokenizer(text_target=word).input_ids
+        decoded = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if decoded != word:
+            raise UsageError(
+                f"the label word {word!r} does not survive this tokenizer (it decodes as {decoded!r}), so a generated "
+                f"answer could never match it; choose words the tokenizer knows (--label_words)"
+            )
+
+
+# -------------------------------------------------------------------------------------------------- preparation
+def _check_split(dataset, name: str, args: DataArguments) -> None:
+    for column in (args.text_column, args.label_column):
+        if column not in dataset.column_names:
+            option = "--text_column" if column == args.text_column else "--label_column"
+            raise UsageError(
+                f"the {name} split has no column {column!r} (columns: {dataset.column_names}); name the right one "
+                f"with {option}"
+            )
+    if len(dataset) == 0:
+        raise UsageError(f"the {name} split is empty; give a dataset with examples in it")
+
+
+def _subset(dataset, size: int | None, seed: int):
+    """A seeded shuffled subset: the Hub's IMDB splits are sorted by label, so the first N rows are one class."""
+    if size is None or size >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(size)).flatten_indices()
+
+
+def _check_texts(dataset, name: str, args: DataArguments) -> None:
+    texts = dataset[args.text_column]
+    empty = [index for index, text in enumerate(texts) if text is None or not str(text).strip()]
+    if empty:
+        raise UsageError(
+            f"{len(empty)} rows of the {name} split have an empty {args.text_column!r} (the first is row {empty[0]}); "
+            f"remove them or choose another --text_column"
+        )
+
+
+def load_data(args: DataArguments | None = None, tokenizer=None, seed: int = 42, **kwargs) -> PreparedData:
+    """Load, check, subset, clean and tokenize the train and eval splits.
+
+    ``args`` is a :class:`DataArguments`; keyword arguments build one (``load_data(dataset_name=..., tokenizer=tok)``).
+    The eval split is sorted by input length (longest first) so generation pads little; metrics do not depend on
+    the order.
+    """
+    args = args or DataArguments(**kwargs)
+    if tokenizer is None:
+        raise UsageError("load_data needs the tokenizer of the model to be trained (tokenizer=...)")
+    raw = load_raw_dataset(args)
+    for split in (args.train_split, args.eval_split):
+        if split not in raw:
+            option = "--train_split" if split == args.train_split else "--eval_split"
+            raise UsageError(f"the dataset has no split {split!r} (splits: {list(raw)}); choose one with {option}")
+    train, evaluation = raw[args.train_split], raw[args.eval_split]
+    _check_split(train, args.train_split, args)
+    _check_split(evaluation, args.eval_split, args)
+    words, value_to_id = resolve_label_words(train, evaluation, args)
+    check_words_survive_tokenizer(words, tokenizer)
+    train = _subset(train, args.max_train_samples, seed)
+    evaluation = _subset(evaluation, args.max_eval_samples, seed)
+    _check_texts(train, args.train_split, args)
+    _check_texts(evaluation, args.eval_split, args)
+
+    def tokenize(batch):
+        texts = [clean_review(t) if args.clean_text else t for t in batch[args.text_column]]
+        targets = [words[value_to_id[value]] for value in batch[args.label_column]]
+        encoded = tokenizer(texts, max_length=args.max_source_length, truncation=True)
+        encoded["labels"] = tokenizer(text_target=targets).input_ids
+        return encoded
+
+    def prepare(dataset, sort_by_length: bool):
+        columns = dataset.column_names
+        dataset = dataset.map(tokenize, batched=True, remove_columns=columns, desc="Tokenizing")
+        if sort_by_length:
+            lengths = np.array([len(ids) for ids in dataset["input_ids"]])
+            dataset = dataset.select(np.argsort(-lengths, kind="stable")).flatten_indices()
+        return dataset
+
+    return PreparedData(prepare(train, False), prepare(evaluation, True), words)

@@ -1,0 +1,228 @@
+"""One experiment: data -> model -> GenerationAccuracyTrainer -> train and evaluate -> save -> results.json.
+
+``run_experiment(method="lora", preset="tiny", output_dir="out")`` is the Python form of
+``python run_experiment.py --method lora --preset tiny --output_dir out``; both return/write the same results.
+
+What ``output_dir`` holds afterwards:
+
+- ``results.json``: the full configuration, per-epoch train loss and eval metrics, best accuracy and its epoch,
+  parameter counts, runtimes and throughput, peak memory, artifact size, library versions;
+- ``model/``: the trained artifact (the whole model for full fine-tuning; only the delta and its config for PEFT
+  methods) and the tokenizer;
+- ``base_model/``: the frozen base, only when it cannot be loaded by name (the built-in tiny model, ``--random_init``),
+  so that ``model/`` stays loadable;
+- ``checkpoint-*/``: Trainer checkpoints, if ``--save_strategy`` asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .arguments import ParsedArguments, parse_arguments
+from .data import load_data
+from .errors import UsageError
+from .methods import get_method
+from .modeling import count_parameters, directory_size, load_base_model, load_tokenizer, save_artifact
+from .tiny import TINY_MODEL_NAME
+from .trainer import GenerationAccuracyTrainer
+from .version import __version__
+
+RESULTS_NAME = "results.json"
+ARTIFACT_FOLDER = "model"
+BASE_FOLDER = "base_model"
+
+
+def run_experiment(argv: list[str] | None = None, **kwargs) -> dict:
+    """Run one experiment and return its results (also written to ``output_dir/results.json``).
+
+    Takes the CLI's arguments as keywords (``method="lora", lora_r=16, max_steps=5, preset="tiny"``), or a list of
+    command-line strings as ``argv``.
+    """
+    return run_parsed_experiment(parse_arguments(list(argv or []), **kwargs))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _prepare_output_dir(args: ParsedArguments) -> Path:
+    training = args.training
+    if training.output_dir in (None, "", "trainer_output"):
+        if _world_size() > 1:
+            raise UsageError("give --output_dir when launching several processes, so that all of them write one run")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        training.output_dir = os.path.join("outputs", f"{args.experiment.method}-{args.experiment.implementation}-{stamp}")
+    output_dir = Path(training.output_dir)
+    if output_dir.is_file():
+        raise UsageError(f"--output_dir {output_dir} is a file; give a folder")
+    previous = output_dir.is_dir() and any(output_dir.iterdir())
+    if previous and not training.overwrite_output_dir and not training.resume_from_checkpoint:
+        raise UsageError(
+            f"--output_dir {output_dir} already holds a previous run; choose a new --output_dir, resume it with "
+            f"--resume_from_checkpoint, or pass --overwrite_output_dir to replace it"
+        )
+    return output_dir
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _peak_memory() -> tuple[float, str]:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "hf_peft_suite": __version__}
+    for package in ("torch", "transformers", "datasets", "peft", "accelerate", "evaluate", "adapters", "safetensors"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def epoch_history(log_history: list[dict]) -> list[dict]:
+    """One row per evaluation: epoch, the last logged training loss before it, and the eval metrics."""
+    rows, last_loss = [], None
+    for entry in log_history:
+        if "loss" in entry:
+            last_loss = entry["loss"]
+        if "eval_accuracy" in entry:
+            row = {"epoch": round(entry.get("epoch", 0.0), 4), "step": entry.get("step"), "train_loss": last_loss}
+            row.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+            rows.append(row)
+    return rows
+
+
+def format_history_table(history: list[dict]) -> str:
+    lines = [f"{'epoch':>7}  {'train_loss':>10}  {'valid_acc':>9}  {'macro_f1':>8}  {'invalid':>7}"]
+    for row in history:
+        loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
+        epoch = f"{row['epoch']:g}"
+        lines.append(
+            f"{epoch:>7}  {loss:>10}  {row['eval_accuracy']:>9.4f}  {row['eval_macro_f1']:>8.4f}  "
+            f"{row['eval_invalid_rate']:>7.4f}"
+        )
+    return "\n".join(lines)
+
+
+def run_parsed_experiment(args: ParsedArguments) -> dict:
+    """Run one experiment from already parsed arguments (see :func:`run_experiment`)."""
+    from transformers import DataCollatorForSeq2Seq, set_seed
+
+    experiment, training = args.experiment, args.training
+    method = get_method(experiment.method)
+    method.builder(experiment.implementation)  # refuse a missing library before loading anything
+    learning_rate_given = training.learning_rate is not None
+    if not learning_rate_given:
+        training.learning_rate = method.default_learning_rate
+    output_dir = _prepare_output_dir(args)
+    _barrier()  # every process has checked output_dir before any of them writes to it
+    started = datetime.now(timezone.utc)
+    set_seed(training.seed)
+
+    tokenizer = load_tokenizer(args.model.model_name_or_path, args.model.tokenizer_name_or_path)
+    data = load_data(args.data, tokenizer, seed=training.data_seed if training.data_seed is not None else training.seed)
+    base = load_base_model(args.model.model_name_or_path, random_init=args.model.random_init, seed=training.seed)
+    base_saved_locally = experiment.method != "full" and (
+        args.model.random_init or args.model.model_name_or_path == TINY_MODEL_NAME
+    )
+    if base_saved_locally:
+        # The delta must name a base it can be loaded onto: keep this randomly initialised one beside it.
+        if training.process_index == 0:
+            base.save_pretrained(output_dir / BASE_FOLDER)
+        base.name_or_path = base.config._name_or_path = BASE_FOLDER
+    model = method.builder(experiment.implementation)(base, args.options, tokenizer)
+    parameters = count_parameters(model)
+
+    trainer = GenerationAccuracyTrainer(
+        model=model,
+        args=training,
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        label_words=data.label_words,
+    )
+    train_output = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    history = epoch_history(trainer.state.log_history)
+    if not history:  # no evaluation during training (--eval_strategy no): evaluate once at the end
+        trainer.evaluate()
+        history = epoch_history(trainer.state.log_history)
+    final = history[-1]
+    best = max(history, key=lambda row: row["eval_accuracy"])
+    peak_memory, memory_kind = _peak_memory()
+
+    artifact_dir = output_dir / ARTIFACT_FOLDER
+    artifact_size = None
+    if trainer.is_world_process_zero():
+        save_artifact(trainer.model, experiment.method, experiment.implementation, artifact_dir)
+        artifact_size = directory_size(artifact_dir)
+        tokenizer.save_pretrained(artifact_dir)
+
+    results = {
+        "method": experiment.method,
+        "implementation": experiment.implementation,
+        "model_name_or_path": args.model.model_name_or_path,
+        "dataset_name": args.data.dataset_name,
+        "random_init": args.model.random_init or args.model.model_name_or_path == TINY_MODEL_NAME,
+        "label_words": data.label_words,
+        "max_new_tokens": trainer.max_new_tokens,
+        "num_train_examples": len(data.train_dataset),
+        "num_eval_examples": len(data.eval_dataset),
+        "world_size": training.world_size,
+        "learning_rate": training.learning_rate,
+        "learning_rate_source": "given" if learning_rate_given else method.learning_rate_source,
+        "history": history,
+        "best_accuracy": best["eval_accuracy"],
+        "best_epoch": best["epoch"],
+        "final_metrics": {key: value for key, value in final.items() if key.startswith("eval_")},
+        "parameters": parameters,
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "train_loss": train_output.metrics.get("train_loss"),
+        "eval_runtime_s": final.get("eval_runtime"),
+        "eval_samples_per_second": final.get("eval_samples_per_second"),
+        "peak_memory_mb": peak_memory,
+        "peak_memory_kind": memory_kind,
+        "artifact_dir": str(artifact_dir),
+        "artifact_size_bytes": artifact_size,
+        "versions": library_versions(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": args.to_dict(),
+    }
+    if trainer.is_world_process_zero():
+        (output_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print_summary(results)
+    return results
+
+
+def print_summary(results: dict, stream=None) -> None:
+    """The reference notebook's per-epoch table and a final line with the best accuracy and parameter counts."""
+    stream = stream or sys.stdout
+    parameters = results["parameters"]
+    print(f"\n{results['method']} / {results['implementation']} on {results['model_name_or_path']}"
+          + (" (random init)" if results["random_init"] else ""), file=stream)
+    print(format_history_table(results["history"]), file=stream)
+    print(
+        f"best valid_acc {results['best_accuracy']:.4f} at epoch {results['best_epoch']:g} | parameters: total "
+        f"{parameters['total']:,}, trainable {parameters['trainable']:,} ({parameters['trainable_percent']:.4f}%) | "
+        f"results: {Path(results['artifact_dir']).parent / RESULTS_NAME}",
+        file=stream,
+    )

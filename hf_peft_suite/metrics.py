@@ -1,0 +1,58 @@
+"""From generated token ids to label ids to accuracy, macro-F1 and invalid-output rate.
+
+The numbers come from the ``evaluate`` module shipped in ``evaluate_modules/label_accuracy`` (loaded by path, so it
+works offline); this file turns generations into the class ids that module scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+LABEL_METRIC_PATH = str(Path(__file__).parent / "evaluate_modules" / "label_accuracy")
+INVALID = -1
+
+
+def load_label_metric():
+    """The shipped ``evaluate`` metric, in memory (no cache files, so parallel processes never collide)."""
+    import evaluate
+
+    return evaluate.load(LABEL_METRIC_PATH, keep_in_memory=True)
+
+
+class LabelScorer:
+    """Decodes generated and reference token ids, maps each text to its class id, and scores them.
+
+    ``max_new_tokens`` is the length of the longest tokenized label word (with ``</s>``): generation needs no more.
+    """
+
+    def __init__(self, tokenizer, label_words: list[str]):
+        self.tokenizer = tokenizer
+        self.label_words = list(label_words)
+        self.word_to_id = {word: index for index, word in enumerate(self.label_words)}
+        self.max_new_tokens = max(len(tokenizer(text_target=word).input_ids) for word in self.label_words)
+        self._metric = None
+
+    def decode(self, token_ids) -> list[str]:
+        """Texts of a batch of token ids; -100 (Trainer's padding of labels and predictions) counts as padding."""
+        token_ids = np.asarray(token_ids)
+        token_ids = np.where(token_ids < 0, self.tokenizer.pad_token_id, token_ids)
+        return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+
+    def texts_to_ids(self, texts: list[str]) -> list[int]:
+        """The class id of each text, or -1 when it is no label word (compared after stripping white space)."""
+        return [self.word_to_id.get(text.strip(), INVALID) for text in texts]
+
+    def score(self, generated_ids, label_ids) -> dict[str, float]:
+        """Accuracy, macro-F1, invalid rate and count for generated token ids against reference token ids."""
+        predictions = self.texts_to_ids(self.decode(generated_ids))
+        references = self.texts_to_ids(self.decode(label_ids))
+        if INVALID in references:
+            raise ValueError("a reference is not one of the label words: labels and label_words disagree")
+        return self.score_ids(predictions, references)
+
+    def score_ids(self, predictions: list[int], references: list[int]) -> dict[str, float]:
+        if self._metric is None:
+            self._metric = load_label_metric()
+        return self._metric.compute(predictions=predictions, references=references, num_labels=len(self.label_words))

@@ -1,0 +1,132 @@
+"""Load the tokenizer and base model, apply a method, count parameters, save the trained artifact.
+
+Models load with safetensors only and never run remote code. A name that cannot be reached (no network) or a model
+that is not an encoder-decoder is a :class:`UsageError` with the way out.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+from .methods import build_method_model, get_method
+from .tiny import TINY_MODEL_NAME, build_tiny_model, build_tiny_tokenizer
+
+OFFLINE_HINT = (
+    "Without network access, run `--preset tiny` (built in, offline), or point --model_name_or_path at a local "
+    "folder holding the model"
+)
+
+
+def _unreachable(kind: str, name: str, error: Exception) -> UsageError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return UsageError(f"cannot load the {kind} {name!r} ({reason}). {OFFLINE_HINT}")
+
+
+def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path: str | None = None):
+    """The model's tokenizer (or the named one); the built-in tiny model has a tokenizer built in code."""
+    name = tokenizer_name_or_path or model_name_or_path
+    if name == TINY_MODEL_NAME:
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _unreachable("tokenizer", name, error) from None
+
+
+def load_model_config(model_name_or_path: str):
+    """The base model's config, refusing models that are not encoder-decoders."""
+    from transformers import AutoConfig
+
+    if model_name_or_path == TINY_MODEL_NAME:
+        from .tiny import tiny_t5_config
+
+        return tiny_t5_config()
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise _unreachable("model", model_name_or_path, error) from None
+    if not getattr(config, "is_encoder_decoder", False):
+        raise UsageError(
+            f"{model_name_or_path!r} is a {config.model_type} model, not an encoder-decoder; this toolkit fine-tunes "
+            f"seq2seq models that write the label word, such as t5-small (--model_name_or_path t5-small)"
+        )
+    return config
+
+
+def load_base_model(model_name_or_path: str = "t5-small", random_init: bool = False, seed: int = 0):
+    """The base seq2seq model: pretrained weights (safetensors), or random weights from its config."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    if model_name_or_path == TINY_MODEL_NAME:
+        return build_tiny_model(seed=seed)
+    config = load_model_config(model_name_or_path)
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForSeq2SeqLM.from_config(config)
+        model.name_or_path = model_name_or_path
+        return model
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise _unreachable("model", model_name_or_path, error) from None
+
+
+def build_model(
+    model_name_or_path: str = "t5-small",
+    method: str = "full",
+    implementation: str = "scratch",
+    options=None,
+    tokenizer=None,
+    random_init: bool = False,
+    seed: int = 0,
+    base_model=None,
+):
+    """The model to train: the base with ``method`` applied in ``implementation``, and its tokenizer.
+
+    ``options`` is the method's options dataclass (e.g. ``LoraArguments(lora_r=16)``), defaults if ``None``.
+    Returns ``(model, tokenizer)``.
+    """
+    chosen = get_method(method)
+    chosen.builder(implementation)  # a usage error (no library implementation, library missing) before any loading
+    tokenizer = tokenizer or load_tokenizer(model_name_or_path)
+    if base_model is None:
+        base_model = load_base_model(model_name_or_path, random_init=random_init, seed=seed)
+    if options is None and chosen.options is not None:
+        options = chosen.options()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_method_model(base_model, method, implementation, options, tokenizer)
+    return model, tokenizer
+
+
+def count_parameters(model) -> dict[str, float]:
+    """Total and trainable parameters (each shared tensor counted once) and the trainable share in percent."""
+    seen, total, trainable = set(), 0, 0
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}
+
+
+def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike) -> None:
+    """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods."""
+    chosen = get_method(method)
+    if implementation == "library" and chosen.save_library is not None:
+        chosen.save_library(model, str(directory))
+    else:
+        model.save_pretrained(str(directory))
+
+
+def directory_size(directory: str | os.PathLike) -> int:
+    """Bytes of every file under ``directory``."""
+    return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
