@@ -243,6 +243,8 @@ def check_known_keys(config: dict[str, Any], source: str) -> None:
     """Refuse keys that name no argument (``per_method`` holds per-method settings and is checked inside)."""
     known = all_argument_names()
     for key, value in config.items():
+        if key.startswith("_"):  # comments, such as "_source": where the values come from
+            continue
         if key == PER_METHOD_KEY:
             for method, settings in (value or {}).items():
                 if method not in METHODS:
@@ -265,7 +267,7 @@ def config_to_argv(config: dict[str, Any]) -> list[str]:
     """Turn ``{"lora_r": 8, "label_words": ["a", "b"], "bf16": true}`` into the equivalent command-line flags."""
     argv: list[str] = []
     for key, value in config.items():
-        if value is None:
+        if value is None or key.startswith("_"):
             continue
         if isinstance(value, (list, tuple)):
             argv += [f"--{key}", *map(str, value)]
@@ -278,17 +280,33 @@ def config_to_argv(config: dict[str, Any]) -> list[str]:
     return argv
 
 
-def _expand_sources(argv: list[str]) -> list[str]:
-    """Put a preset's and a JSON file's settings before the flags, so that flags override them."""
+def _split_sources(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """(preset settings, JSON file settings, remaining flags) of a command line."""
     argv = list(argv)
     config: dict[str, Any] = {}
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
         config = load_json_config(argv.pop(0))
     preset_name = _flag_value(argv, "--preset") or config.get("preset")
     preset = load_preset(preset_name) if preset_name else {}
-    method = _flag_value(argv, "--method") or config.get("method") or preset.get("method") or "full"
+    return preset, config, argv
+
+
+def _method_of(preset: dict[str, Any], config: dict[str, Any], flags: list[str]) -> str:
+    return _flag_value(flags, "--method") or config.get("method") or preset.get("method") or "full"
+
+
+def requested_method(argv: list[str]) -> str:
+    """The ``--method`` a command line asks for, from its flags, JSON file or preset (``all`` included)."""
+    return _method_of(*_split_sources(argv))
+
+
+def _expand_sources(argv: list[str], base_settings: dict[str, Any] | None = None) -> list[str]:
+    """Order the sources so later ones win: base settings < preset < JSON file < flags."""
+    preset, config, argv = _split_sources(argv)
+    method = _method_of(preset, config, argv)
     return (
-        config_to_argv(settings_for_method(preset, method))
+        config_to_argv(settings_for_method(base_settings or {}, method))
+        + config_to_argv(settings_for_method(preset, method))
         + config_to_argv(settings_for_method(config, method))
         + argv
     )
@@ -304,13 +322,18 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return value
 
 
-def parse_arguments(argv: list[str] | None = None, **overrides: Any) -> ParsedArguments:
-    """Parse command-line flags (``argv``), then apply keyword ``overrides`` (the Python API's arguments)."""
+def parse_arguments(
+    argv: list[str] | None = None, base_settings: dict[str, Any] | None = None, **overrides: Any
+) -> ParsedArguments:
+    """Parse command-line flags (``argv``), then apply keyword ``overrides`` (the Python API's arguments).
+
+    ``base_settings`` (a method's recommended settings, in the comparison) come before everything else.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if overrides:
         check_known_keys(overrides, "run_experiment()")
         argv += config_to_argv(overrides)
-    argv = _expand_sources(argv)
+    argv = _expand_sources(argv, base_settings)
     parser = build_parser()
     parsed = parser.parse_args_into_dataclasses(args=argv)
     model, data, experiment, *options, training = parsed

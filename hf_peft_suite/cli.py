@@ -1,5 +1,8 @@
 """The command line: ``python run_experiment.py [CONFIG.json] [--flags]`` or ``hf-peft-suite [...]``.
 
+- ``--method all`` runs every installed method x implementation and writes the comparison table and plot;
+- ``hf-peft-suite report DIR [DIR ...] [--output_dir OUT]`` rebuilds them from existing ``results.json`` files.
+
 Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works (``--help`` lists them). A user's
 mistake prints one line, ``error: <problem and fix>``, and exits with code 2; never a traceback.
 """
@@ -31,16 +34,39 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _quiet_libraries()
-        from .arguments import parse_arguments
+        if argv[:1] == ["report"]:
+            return report_main(argv[1:])
+        from .arguments import parse_arguments, requested_method
         from .experiment import run_parsed_experiment
 
-        run_parsed_experiment(parse_arguments(argv))
+        if requested_method(argv) == "all":
+            from .comparison import run_comparison
+
+            run_comparison(argv)
+        else:
+            run_parsed_experiment(parse_arguments(argv))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    """``report DIR [DIR ...] [--output_dir OUT]``: the comparison files from finished runs."""
+    import argparse
+
+    from .report import write_report
+
+    parser = argparse.ArgumentParser(prog="hf-peft-suite report", description=report_main.__doc__)
+    parser.add_argument("directories", nargs="+", help="run folders, or folders holding run folders")
+    parser.add_argument("--output_dir", default=None, help="where to write comparison.* (default: the first DIR)")
+    options = parser.parse_args(argv)
+    paths = write_report(options.directories, options.output_dir)
+    print(paths["md"].read_text())
+    print("written: " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 

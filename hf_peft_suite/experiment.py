@@ -78,10 +78,27 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _peak_memory() -> tuple[float, str]:
+def reset_peak_memory() -> None:
+    """Start a new peak-memory measurement, so cells run one after another in one process are measured apart."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory() -> tuple[float, str]:
+    """Peak memory in MiB since :func:`reset_peak_memory`: CUDA allocations on GPU, resident set size on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "cpu_peak_rss"
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss_process"
 
 
 def library_versions() -> dict[str, str | None]:
@@ -134,6 +151,7 @@ def run_parsed_experiment(args: ParsedArguments) -> dict:
     output_dir = _prepare_output_dir(args)
     _barrier()  # every process has checked output_dir before any of them writes to it
     started = datetime.now(timezone.utc)
+    reset_peak_memory()
     set_seed(training.seed)
 
     tokenizer = load_tokenizer(args.model.model_name_or_path, args.model.tokenizer_name_or_path)
@@ -166,7 +184,7 @@ def run_parsed_experiment(args: ParsedArguments) -> dict:
         history = epoch_history(trainer.state.log_history)
     final = history[-1]
     best = max(history, key=lambda row: row["eval_accuracy"])
-    peak_memory, memory_kind = _peak_memory()
+    peak_memory_mb, memory_kind = peak_memory()
 
     artifact_dir = output_dir / ARTIFACT_FOLDER
     artifact_size = None
@@ -198,7 +216,7 @@ def run_parsed_experiment(args: ParsedArguments) -> dict:
         "train_loss": train_output.metrics.get("train_loss"),
         "eval_runtime_s": final.get("eval_runtime"),
         "eval_samples_per_second": final.get("eval_samples_per_second"),
-        "peak_memory_mb": peak_memory,
+        "peak_memory_mb": peak_memory_mb,
         "peak_memory_kind": memory_kind,
         "artifact_dir": str(artifact_dir),
         "artifact_size_bytes": artifact_size,

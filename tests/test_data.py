@@ -116,13 +116,25 @@ def test_subsets_are_seeded_shuffles_of_a_label_sorted_split(shared_imdb, t5_sma
         ({"label_words": ["good", "good"]}, "different from each other"),
         ({"label_words": ["negative", "zzzunknownzzz"]}, "does not survive this tokenizer"),
         ({"dataset_name": "./no/such/folder"}, "does not exist"),
-        ({"dataset_name": "imdb"}, "cannot load the dataset 'imdb' from the Hugging Face Hub.*--preset tiny"),
     ],
 )
 def test_bad_data_arguments_are_refused_before_training(tiny_tokenizer, overrides, message):
     args = DataArguments(**{"dataset_name": TINY_DATASET_NAME, **overrides})
     with pytest.raises(UsageError, match=message):
         load_data(args, tiny_tokenizer)
+
+
+def test_unreachable_hub_dataset_points_to_the_offline_ways(tiny_tokenizer, tmp_path, monkeypatch):
+    """HF_DATASETS_OFFLINE=1 (conftest) makes the Hub path fail at once, as it does without network.
+
+    A fresh datasets cache: loading a local folder named "imdb" caches it under the name "imdb", and offline
+    `load_dataset("imdb")` would then return that copy instead of failing.
+    """
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)
+    with pytest.raises(UsageError, match="cannot load the dataset 'imdb' from the Hugging Face Hub.*--preset tiny"):
+        load_data(DataArguments(dataset_name="imdb"), tiny_tokenizer)
 
 
 def test_zero_samples_is_refused():
