@@ -375,4 +375,6 @@ def test_trainer_averages_the_loss_per_batch_for_both_implementations(tiny_model
 
     arguments = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     for model in build_pair(tiny_model, tiny_tokenizer):
-        assert Seq2SeqTrainer(model=model, args=arguments).model_accepts_loss_kwargs is False, type(model).__name__
+        trainer = Seq2SeqTrainer(model=model, args=arguments)
+        assert trainer.model_accepts_loss_kwargs is False, type(model).__name__
+        assert trainer.label_names == ["labels"], type(model).__name__  # or Trainer would drop the labels column

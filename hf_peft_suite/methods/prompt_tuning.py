@@ -210,30 +210,15 @@ class SoftPromptModel(DeltaModel):
             inputs_embeds = self.base.get_input_embeddings()(input_ids)
         return self.soft_prompt(inputs_embeds, attention_mask)
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        labels=None,
-        inputs_embeds=None,
-        encoder_outputs=None,
-        **kwargs,
-    ):
+    # The decoder and label arguments stay named: Trainer keeps only the dataset columns forward's signature names.
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                labels=None, inputs_embeds=None, encoder_outputs=None, **kwargs):
         if encoder_outputs is None:
             inputs_embeds, attention_mask = self.prepend_prompt(input_ids, inputs_embeds, attention_mask)
             input_ids = None
-        return self.base(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            labels=labels,
-            inputs_embeds=inputs_embeds,
-            encoder_outputs=encoder_outputs,
-            **kwargs,
-        )
+        kwargs.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask, labels=labels)
+        return super().forward(input_ids, attention_mask, inputs_embeds=inputs_embeds, encoder_outputs=encoder_outputs,
+                               **kwargs)
 
     def generate(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
         """The base's ``generate`` (greedy, beam, sampling) on ``[P; E]`` with the extended mask."""
