@@ -92,9 +92,9 @@ def library_problem(method: Method) -> str | None:
 
 
 def _registered_methods() -> dict[str, Method]:
-    from . import full
+    from . import adapter, full
 
-    methods = [full.METHOD]
+    methods = [full.METHOD, adapter.METHOD]
     return {method.name: method for method in methods}
 
 
