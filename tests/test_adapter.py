@@ -330,6 +330,13 @@ def test_bad_options_are_usage_errors(options, message):
         build_method_model(tiny_t5(), "adapter", "scratch", options)
 
 
+def test_a_base_that_already_has_adapters_is_refused():
+    base = tiny_t5()
+    build_scratch_adapter(base, AdapterOptions())
+    with pytest.raises(UsageError, match="already carries bottleneck adapters"):
+        build_scratch_adapter(base, AdapterOptions())
+
+
 def test_a_base_without_t5_blocks_is_refused():
     from transformers import BartConfig, BartForConditionalGeneration
 

@@ -292,7 +292,13 @@ def attach_adapters(base_model, settings: AdapterSettings) -> None:
     """Add a :class:`BottleneckAdapter` named ``adapter`` to each sublayer the placement names, and hook it in."""
     d_model = base_model.config.d_model
     placement = settings.placement
-    for block in t5_blocks(base_model):
+    blocks = t5_blocks(base_model)
+    if any(hasattr(layer, "adapter") for block in blocks for layer in block.layer):
+        raise UsageError(
+            "this base model already carries bottleneck adapters (it was passed to build_scratch before); "
+            "build each adapter model from a freshly loaded base model"
+        )
+    for block in blocks:
         sublayers = {"self_attention": block.layer[0], "feed_forward": block.layer[-1]}
         for name in placement.sublayers:
             sublayer = sublayers[name]
