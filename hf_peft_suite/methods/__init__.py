@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -73,7 +74,8 @@ def library_problem(method: Method) -> str | None:
     """Why ``method``'s library cannot be used here (not installed, or fails to import), or ``None`` if it can."""
     if method.library_module is None:
         return None
-    if importlib.util.find_spec(method.library_module) is None:
+    # An imported lazy module (AdapterHub's is a transformers _LazyModule) has no __spec__: find_spec would raise.
+    if method.library_module not in sys.modules and importlib.util.find_spec(method.library_module) is None:
         return (
             f"--method {method.name} --implementation library needs the {method.library_module!r} package, "
             f"which is not installed; install it with: {method.library_install_hint}"
@@ -90,9 +92,9 @@ def library_problem(method: Method) -> str | None:
 
 
 def _registered_methods() -> dict[str, Method]:
-    from . import full, prompt_tuning
+    from . import adapter, full, prompt_tuning
 
-    methods = [full.METHOD, prompt_tuning.METHOD]
+    methods = [full.METHOD, prompt_tuning.METHOD, adapter.METHOD]
     return {method.name: method for method in methods}
 
 
