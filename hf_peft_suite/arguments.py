@@ -138,6 +138,11 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
     save_strategy: str = field(default="no", metadata={"help": "When to write checkpoints: no, steps, epoch."})
     predict_with_generate: bool = field(default=True, metadata={"help": "Score generated label words."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "The prepared data holds only model inputs; AdapterHub's T5 forward hides attention_mask "
+                  "behind **kwargs, so dropping 'unused' columns would drop it."},
+    )
 
     def __post_init__(self):
         if self.fp16:
@@ -189,8 +194,7 @@ class _Parser(HfArgumentParser):
     """An ``HfArgumentParser`` whose errors are one line, not the usage of two hundred flags."""
 
     def error(self, message):
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        sys.exit(2)
+        raise UsageError(f"{message} (see --help)")
 
 
 def _option_classes() -> dict[str, type]:

@@ -34,6 +34,10 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
         self._expected_eval_examples: int | None = None
         kwargs.setdefault("compute_metrics", self._compute_metrics)
         super().__init__(*args, processing_class=processing_class, **kwargs)
+        # Every cell averages the loss per batch, as T5's own forward does on transformers 4.57. On 5.x Trainer would
+        # pass num_items_in_batch to models whose forward takes **kwargs (peft wrappers, AdapterHub's T5), and the
+        # cells would normalise the loss differently under gradient accumulation.
+        self.model_accepts_loss_kwargs = False
         if not self.args.predict_with_generate:
             raise ValueError("GenerationAccuracyTrainer scores generated words: set predict_with_generate=True")
 
