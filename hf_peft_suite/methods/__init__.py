@@ -90,9 +90,9 @@ def library_problem(method: Method) -> str | None:
 
 
 def _registered_methods() -> dict[str, Method]:
-    from . import full
+    from . import full, lora
 
-    methods = [full.METHOD]
+    methods = [full.METHOD, lora.METHOD]
     return {method.name: method for method in methods}
 
 
