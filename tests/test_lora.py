@@ -64,11 +64,17 @@ def scratch_and_library(options=OPTIONS, seed: int = 0):
     torch.manual_seed(seed)
     library = build_library(build_tiny_model(), options)
     randomize_lora_b(scratch)
+    copy_lora_weights(scratch, library)
+    return scratch, library
+
+
+def copy_lora_weights(scratch: LoRAModel, library) -> None:
+    """Give the peft model the scratch model's A and B (same dtype, checked)."""
     library_parameters = dict(library.named_parameters())
     with torch.no_grad():
         for name, tensor in scratch.delta_state_dict().items():
+            assert tensor.dtype == library_parameters[peft_name(name)].dtype, name
             library_parameters[peft_name(name)].copy_(tensor)
-    return scratch, library
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,6 +162,21 @@ def test_lora_dropout_draws_the_same_masks_as_peft(tiny_tokenizer):
     assert max_abs_diff(scratch_logits, library_logits) <= TOLERANCE
     torch.manual_seed(8)
     assert max_abs_diff(scratch(**inputs).logits, scratch_logits) > 1e-3  # dropout is really on
+
+
+def test_over_a_bf16_base_lora_stays_fp32_and_matches_peft(tiny_tokenizer):
+    torch.manual_seed(0)
+    scratch = build_scratch(build_tiny_model().to(torch.bfloat16), OPTIONS)
+    library = build_library(build_tiny_model().to(torch.bfloat16), OPTIONS)
+    randomize_lora_b(scratch)
+    copy_lora_weights(scratch, library)
+    assert {tensor.dtype for tensor in scratch.delta_state_dict().values()} == {torch.float32}
+    with torch.no_grad():
+        scratch.eval(), library.eval()
+        inputs = batch(tiny_tokenizer)
+        scratch_logits, library_logits = scratch(**inputs).logits, library(**inputs).logits
+    assert scratch_logits.dtype == torch.bfloat16
+    assert torch.equal(scratch_logits, library_logits)
 
 
 # ------------------------------------------------------------------------------------------ parameter counts
@@ -252,10 +273,12 @@ def test_merge_in_place_then_unmerge(tiny_tokenizer):
         scratch.merge()
         assert scratch.merged
         assert max_abs_diff(scratch(**inputs).logits, expected) <= TOLERANCE
-        with pytest.raises(RuntimeError, match="already merged"):
+        with pytest.raises(UsageError, match="already merged"):
             scratch.merge()
         scratch.unmerge()
         assert not scratch.merged
+        with pytest.raises(UsageError, match="not merged"):
+            scratch.unmerge()
         assert max_abs_diff(scratch(**inputs).logits, expected) <= TOLERANCE
     for name, layer in scratch.lora_layers():
         assert max_abs_diff(layer.base_layer.weight, frozen[name]) <= 1e-6

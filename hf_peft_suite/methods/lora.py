@@ -56,9 +56,7 @@ class LoRAOptions:
     """LoRA's options, shared by both implementations (``--lora_r 8 --lora_alpha 16 ...``)."""
 
     lora_r: int = field(default=8, metadata={"help": "LoRA rank r: the inner dimension of the update B·A."})
-    lora_alpha: int = field(
-        default=16, metadata={"help": "LoRA alpha: the update B·A is scaled by alpha / r."}
-    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha: the update B·A is scaled by alpha / r."})
     lora_dropout: float = field(
         default=0.0, metadata={"help": "Dropout on the input of LoRA's A (the frozen path sees no extra dropout)."}
     )
@@ -169,7 +167,7 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """Fold the update into the frozen weight (``W0 += (alpha / r) B A``); forward then skips A and B."""
         if self.merged:
-            raise RuntimeError("this LoRALinear is already merged; unmerge() it first")
+            raise UsageError("this LoRA layer is already merged; call unmerge() before merging again")
         weight = self.base_layer.weight
         weight += self.delta_weight().to(weight.dtype)
         self.merged = True
@@ -178,7 +176,7 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         """Take the update back out of the frozen weight (exact up to fp rounding, about 1e-7 in fp32)."""
         if not self.merged:
-            raise RuntimeError("this LoRALinear is not merged")
+            raise UsageError("this LoRA layer is not merged; there is nothing to unmerge")
         weight = self.base_layer.weight
         weight -= self.delta_weight().to(weight.dtype)
         self.merged = False
@@ -241,10 +239,14 @@ def inject_lora(model: nn.Module, target_modules: list[str], rank: int, alpha: f
     """
     names = find_target_modules(model, target_modules)
     for name in names:
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child_name, LoRALinear(getattr(parent, child_name), rank, alpha, dropout))
+        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
     return names
+
+
+def replace_module(model: nn.Module, name: str, new_module: nn.Module) -> None:
+    """Put ``new_module`` where ``model``'s submodule ``name`` (dotted path) is."""
+    parent_name, _, child_name = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child_name, new_module)
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
@@ -318,8 +320,7 @@ class LoRAModel(DeltaModel):
         for name, layer in list(lora_layers(plain)):
             if not layer.merged:
                 layer.merge()
-            parent_name, _, child_name = name.rpartition(".")
-            setattr(plain.get_submodule(parent_name), child_name, layer.base_layer)
+            replace_module(plain, name, layer.base_layer)
         return plain.requires_grad_(True)
 
 
@@ -377,7 +378,12 @@ def export_to_peft(model: LoRAModel, directory) -> None:
 
     config = model.config
     os.makedirs(directory, exist_ok=True)
-    options = LoRAOptions(config.lora_r, config.lora_alpha, config.lora_dropout, list(config.lora_target_modules))
+    options = LoRAOptions(
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        lora_target_modules=list(config.lora_target_modules),
+    )
     peft_config = peft_lora_config(options, config.lora_target_modules, config.base_model_name_or_path)
     peft_config.inference_mode = True
     peft_config.save_pretrained(directory)
