@@ -92,9 +92,9 @@ def library_problem(method: Method) -> str | None:
 
 
 def _registered_methods() -> dict[str, Method]:
-    from . import adapter, full, prompt_tuning
+    from . import adapter, full, lora, prompt_tuning
 
-    methods = [full.METHOD, prompt_tuning.METHOD, adapter.METHOD]
+    methods = [full.METHOD, prompt_tuning.METHOD, adapter.METHOD, lora.METHOD]
     return {method.name: method for method in methods}
 
 
