@@ -5,27 +5,40 @@ Importing the package registers every hand-written method with ``AutoConfig`` an
 
     import hf_peft_suite
     results = hf_peft_suite.run_experiment(method="lora", preset="tiny", output_dir="out/lora")
+
+The rest of the API is imported on first use, so ``import hf_peft_suite`` stays light and the scratch methods never
+import a PEFT library (``transformers.Trainer`` imports ``peft`` when it is installed).
 """
 
+from importlib import import_module
+
 from . import methods
-from .data import load_data
 from .errors import UsageError
-from .experiment import run_experiment
-from .metrics import LabelScorer
-from .modeling import build_model, count_parameters, load_base_model, load_tokenizer
-from .trainer import GenerationAccuracyTrainer
 from .version import __version__
 
-__all__ = [
-    "GenerationAccuracyTrainer",
-    "LabelScorer",
-    "UsageError",
-    "__version__",
-    "build_model",
-    "count_parameters",
-    "load_base_model",
-    "load_data",
-    "load_tokenizer",
-    "methods",
-    "run_experiment",
-]
+_LAZY = {
+    "run_experiment": "experiment",
+    "load_data": "data",
+    "build_model": "modeling",
+    "count_parameters": "modeling",
+    "load_base_model": "modeling",
+    "load_tokenizer": "modeling",
+    "LabelScorer": "metrics",
+    "GenerationAccuracyTrainer": "trainer",
+    "run_comparison": "comparison",
+    "write_report": "report",
+}
+
+__all__ = ["UsageError", "__version__", "methods", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

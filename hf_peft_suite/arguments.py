@@ -130,6 +130,9 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     group_by_length: bool = field(
         default=False, metadata={"help": "Batch training examples of similar length together (less padding)."}
     )
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": "Linear warm-up over this share of the training steps (0 to 1)."}
+    )
     num_train_epochs: float = field(default=10.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
@@ -154,8 +157,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
         if self.report_to is None:  # transformers 4.57 would report to every installed tracker
             self.report_to = "none"
-        if self.group_by_length and "train_sampling_strategy" in {f.name for f in dataclasses.fields(self)}:
-            self.train_sampling_strategy = "group_by_length"  # transformers 5 spelling
+        if "train_sampling_strategy" in {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}:
+            # transformers 5 spells these differently; accept the 4.57 flags on both
+            if self.group_by_length:
+                self.train_sampling_strategy = "group_by_length"
+            if self.warmup_ratio and not self.warmup_steps:
+                self.warmup_steps = self.warmup_ratio  # a float in [0, 1) is a ratio on 5.x
         try:
             super().__post_init__()
         except UsageError:
@@ -339,7 +346,9 @@ def parse_arguments(
         argv += config_to_argv(overrides)
     argv = _expand_sources(argv, base_settings)
     parser = build_parser()
-    parsed = parser.parse_args_into_dataclasses(args=argv)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise UsageError(f"unrecognized arguments: {' '.join(remaining)} (see --help)")
     model, data, experiment, *options, training = parsed
     option_classes = list(_option_classes())
     return ParsedArguments(model, data, experiment, training, dict(zip(option_classes, options)))
