@@ -31,6 +31,7 @@ COLUMNS = [
     ("status", "status"),
 ]
 METHOD_ORDER = {"full": 0, "prompt_tuning": 1, "adapter": 2, "lora": 3}
+IMPLEMENTATION_ORDER = {"scratch": 0, "library": 1}
 
 
 def row_from_results(results: dict) -> dict:
@@ -79,7 +80,8 @@ def collect_rows(directories: list[str | Path]) -> list[dict]:
                 rows.append(row_from_error(json.loads(path.read_text())))
     if not rows:
         raise UsageError(f"no results.json found in {', '.join(map(str, directories))}; run some experiments first")
-    return sorted(rows, key=lambda row: (METHOD_ORDER.get(row["method"], 9), row["method"], row["implementation"]))
+    return sorted(rows, key=lambda row: (METHOD_ORDER.get(row["method"], 9), row["method"],
+                                         IMPLEMENTATION_ORDER.get(row["implementation"], 9)))
 
 
 def _human_size(size: float | None) -> str:
@@ -128,14 +130,21 @@ def plot(rows: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     done = [row for row in rows if row["status"] == "ok"]
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
     markers = {"scratch": "o", "library": "s"}
-    for row in done:
+    colors = {}
+    for row in done:  # one colour per method, one marker shape per implementation
+        color = colors.setdefault(row["method"], f"C{len(colors)}")
         axes.scatter(row["trainable_parameters"], row["best_accuracy"], marker=markers.get(row["implementation"], "x"),
-                     s=60, label=f"{row['method']} / {row['implementation']}")
-        axes.annotate(f"{row['method']}\n{row['implementation']}", (row["trainable_parameters"], row["best_accuracy"]),
-                      textcoords="offset points", xytext=(6, 4), fontsize=8)
+                     s=70 if row["implementation"] == "scratch" else 40, color=color, alpha=0.8,
+                     label=f"{row['method']} / {row['implementation']}")
+    for method in colors:  # one label per method: its scratch and library twins sit on the same x
+        first = next(row for row in done if row["method"] == method)
+        axes.annotate(method, (first["trainable_parameters"], first["best_accuracy"]), textcoords="offset points",
+                      xytext=(7, 6), fontsize=9, color=colors[method])
+    axes.legend(fontsize=7, loc="lower right")
     axes.set_xscale("log")
+    axes.margins(x=0.2)
     axes.set_xlabel("trainable parameters (log scale)")
     axes.set_ylabel("best accuracy (generated label words)")
     if done:
