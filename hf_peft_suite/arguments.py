@@ -339,7 +339,12 @@ def parse_arguments(
         argv += config_to_argv(overrides)
     argv = _expand_sources(argv, base_settings)
     parser = build_parser()
-    parsed = parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        flags = [item for item in unknown if item.startswith("-")] or unknown
+        close = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], all_argument_names(), n=1)
+        hint = f"; did you mean --{close[0]}?" if close else "; see --help for the valid flags"
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     model, data, experiment, *options, training = parsed
     option_classes = list(_option_classes())
     return ParsedArguments(model, data, experiment, training, dict(zip(option_classes, options)))
