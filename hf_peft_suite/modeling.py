@@ -119,10 +119,16 @@ def count_parameters(model) -> dict[str, float]:
 
 
 def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike) -> None:
-    """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods."""
+    """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods.
+
+    The same files make the trainable part of a Trainer checkpoint. peft adapters are saved without embedding
+    layers (no method here trains them): peft would otherwise look the base model up on the Hub to decide.
+    """
     chosen = get_method(method)
     if implementation == "library" and chosen.save_library is not None:
         chosen.save_library(model, str(directory))
+    elif implementation == "library" and chosen.library_module == "peft":
+        model.save_pretrained(str(directory), save_embedding_layers=False)
     else:
         model.save_pretrained(str(directory))
 
