@@ -1,0 +1,61 @@
+"""Two real processes on CPU (gloo): ``torchrun`` and ``accelerate launch`` run a scratch and a library cell.
+
+The evaluation set has 37 examples: with 2 processes x 8 per batch, the last round of batches is padded with repeated
+examples. Each run must say it ran with world size 2, score each of the 37 examples exactly once (in the order of the
+evaluation set), and reach the accuracy that a single-process evaluation of its saved model reaches, example by
+example. Each launch takes about 10 s here (two interpreters start on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from .helpers import evaluate_in_one_process, free_port, load_trained_model, read_results, run_cli
+
+EVAL_EXAMPLES, EVAL_BATCH, WORLD_SIZE = 37, 8, 2  # 37 is not a multiple of 2 x 8
+CELL_ARGS = [
+    "--preset", "tiny", "--max_train_samples", "512", "--max_steps", "24", "--learning_rate", "0.03",
+    "--max_eval_samples", EVAL_EXAMPLES, "--per_device_eval_batch_size", EVAL_BATCH, "--eval_strategy", "steps",
+    "--eval_steps", "12", "--logging_strategy", "steps", "--logging_steps", "12",
+]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE)]
+
+
+def accelerate_launch() -> list[str]:
+    # --multi_gpu with the preset's use_cpu=True: two gloo processes (--cpu --num_processes 2 would start one).
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(WORLD_SIZE),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "method", "implementation"),
+    [("torchrun", "lora", "scratch"), ("accelerate", "lora", "library")],
+    ids=["torchrun-lora-scratch", "accelerate-lora-peft"],
+)
+def test_two_processes_score_every_example_once_as_one_process_does(launcher, method, implementation, tmp_path):
+    output_dir = tmp_path / "run"
+    command = TORCHRUN if launcher == "torchrun" else accelerate_launch()
+    result = run_cli(*CELL_ARGS, "--method", method, "--implementation", implementation, "--output_dir", output_dir,
+                     launcher=command)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    results = read_results(output_dir)
+    assert results["world_size"] == WORLD_SIZE
+    assert results["num_eval_examples"] == EVAL_EXAMPLES
+    assert [row["eval_num_scored"] for row in results["history"]] == [EVAL_EXAMPLES, EVAL_EXAMPLES]
+    distributed = json.loads((output_dir / "eval_predictions.json").read_text())
+
+    metrics, single, references = evaluate_in_one_process(
+        load_trained_model(output_dir), output_dir, tmp_path, batch_size=EVAL_BATCH
+    )
+    assert metrics["eval_num_scored"] == EVAL_EXAMPLES
+    # Every example scored once, in order: the references of the 2-process run are the evaluation set's own.
+    assert distributed["references"] == references
+    assert distributed["predictions"] == single["predictions"]  # example by example
+    assert results["final_metrics"]["eval_accuracy"] == metrics["eval_accuracy"]
+    assert results["final_metrics"]["eval_macro_f1"] == metrics["eval_macro_f1"]
+    assert 0.5 < metrics["eval_accuracy"] < 1.0, metrics  # a model that has learned something, not a constant
