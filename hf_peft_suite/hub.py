@@ -279,6 +279,22 @@ def upload_folder_to_hub(folder: str, settings: PushSettings, commit_message: st
     return str(url)
 
 
+def push_to_hub(output_dir: str | os.PathLike, repo_id: str | None = None, token: str | None = None,
+                private: bool | None = None, revision: str | None = None) -> dict:
+    """Push a finished run (``hf-peft-suite push OUTPUT_DIR``): see :func:`push_run`. ``repo_id`` defaults to the
+    folder's name; the push is recorded under ``"hub"`` in its ``results.json``."""
+    from .experiment import RESULTS_NAME
+
+    repo_id = repo_id or Path(output_dir).absolute().name
+    check_repo_id(repo_id)
+    record = push_run(output_dir, PushSettings(repo_id, hub_token(token), private, revision))
+    results_path = Path(output_dir) / RESULTS_NAME
+    results = json.loads(results_path.read_text())
+    results["hub"] = record
+    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return record
+
+
 def push_run(output_dir: str | os.PathLike, settings: PushSettings) -> dict:
     """Push ``output_dir/model``'s weights and configs with a fresh model card; returns what was pushed where.
 
