@@ -150,6 +150,18 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 "--fp16 is refused: T5 overflows in float16 (its feed-forward output exceeds the fp16 range and the "
                 "loss becomes NaN); use --bf16 instead"
             )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1, not {getattr(self, name)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UsageError(
+                f"--learning_rate must be positive, not {self.learning_rate}; leave it out for the method's default"
+            )
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise UsageError(
+                f"--num_train_epochs {self.num_train_epochs:g} trains nothing; give a positive number of epochs or "
+                f"--max_steps N"
+            )
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
         if self.report_to is None:  # transformers 4.57 would report to every installed tracker

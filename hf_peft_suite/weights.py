@@ -32,15 +32,19 @@ def _comparable(value):
     return getattr(value, "value", value)  # enums (peft's PeftType, TaskType) as their JSON strings
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """``field saved vs current`` for every field both configs have that differs (paths and versions aside)."""
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``field saved vs current`` for every field both configs have that differs (paths and versions aside);
+    nested dicts (a delta's ``base_model_config``) are compared field by field."""
     differences = []
     for key in sorted(set(saved) & set(current) - CONFIG_FIELDS_NOT_COMPARED):
-        saved_value = saved[key]
-        if isinstance(current[key], (set, frozenset)) and isinstance(saved_value, list):
+        saved_value, current_value = saved[key], current[key]
+        if isinstance(saved_value, dict) and isinstance(current_value, dict):
+            differences += config_differences(saved_value, current_value, f"{prefix}{key}.")
+            continue
+        if isinstance(current_value, (set, frozenset)) and isinstance(saved_value, list):
             saved_value = set(saved_value)  # a set saved as a JSON list, in any order (peft's target_modules)
-        if _comparable(saved_value) != _comparable(current[key]):
-            differences.append(f"{key} {saved[key]!r} (saved) vs {_comparable(current[key])!r} (this run)")
+        if _comparable(saved_value) != _comparable(current_value):
+            differences.append(f"{prefix}{key} {saved[key]!r} (saved) vs {_comparable(current_value)!r} (this run)")
     return differences
 
 
@@ -74,8 +78,9 @@ def compare_shapes(expected: dict[str, tuple], saved: dict[str, tuple], source: 
         if tuple(saved[name]) != tuple(expected[name])
     ]
     if missing or unexpected or wrong:
+        found = [f"{label} {len(names)}, e.g. {names[0]}" for label, names in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes", wrong)) if names]
         raise UsageError(
-            f"{source} does not match this model's trainable weights (missing {missing[:2]}, unexpected "
-            f"{unexpected[:2]}, other shapes {wrong[:2]}): it was saved for another method, other options or "
-            f"another base model"
+            f"{source} does not match this model's trainable weights ({'; '.join(found)}): it was saved for "
+            f"another method, other options or another base model"
         )
