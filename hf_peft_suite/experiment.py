@@ -63,8 +63,25 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def check_launch(training) -> None:
+    """Refuse processes that a launcher started together but that would not train together.
+
+    ``torchrun``/``accelerate launch`` set ``WORLD_SIZE``; if the training arguments see fewer processes (on a
+    machine without GPUs and without ``--use_cpu``, or an FSDP/DeepSpeed config on CPUs), each process would train
+    alone and all of them would write the same ``output_dir``.
+    """
+    launched = _world_size()
+    if launched > 1 and training.world_size != launched:
+        raise UsageError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but each trains alone (world size "
+            f"{training.world_size}), so they would overwrite each other's results; on CPUs pass --use_cpu true "
+            f"(accelerate: --multi_gpu with use_cpu, not FSDP or DeepSpeed), on GPUs give each process one GPU"
+        )
+
+
 def _prepare_output_dir(args: ParsedArguments) -> Path:
     training = args.training
+    check_launch(training)
     if training.output_dir in (None, "", "trainer_output"):
         if _world_size() > 1:
             raise UsageError("give --output_dir when launching several processes, so that all of them write one run")

@@ -9,6 +9,7 @@ example. Each launch takes about 10 s here (two interpreters start on two cores)
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -59,3 +60,17 @@ def test_two_processes_score_every_example_once_as_one_process_does(launcher, me
     assert results["final_metrics"]["eval_accuracy"] == metrics["eval_accuracy"]
     assert results["final_metrics"]["eval_macro_f1"] == metrics["eval_macro_f1"]
     assert 0.5 < metrics["eval_accuracy"] < 1.0, metrics  # a model that has learned something, not a constant
+
+
+def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path):
+    """Without --use_cpu on a machine without GPUs, torchrun's processes form no group: each would train alone."""
+    output_dir = tmp_path / "run"
+    result = run_cli("--preset", "tiny", "--use_cpu", "false", "--max_steps", "2", "--output_dir", output_dir,
+                     launcher=TORCHRUN)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == WORLD_SIZE  # one line from each process
+    assert all(re.fullmatch(r"error: 2 processes were launched \(WORLD_SIZE=2\) but each trains alone \(world size "
+                            r"1\).*--use_cpu true.*", line) for line in errors), errors
+    assert "hf_peft_suite/" not in result.stderr  # torchrun prints its own ChildFailedError, never one of ours
+    assert not output_dir.exists()
