@@ -37,9 +37,10 @@ from .arguments import ParsedArguments, parse_arguments
 from .data import load_data
 from .errors import UsageError
 from .methods import get_method
-from .modeling import count_parameters, directory_size, load_base_model, load_tokenizer, save_artifact
+from .hub import push_run, push_settings, pushed_files, write_model_card
+from .modeling import count_parameters, load_base_model, load_tokenizer, save_artifact
 from .tiny import TINY_MODEL_NAME
-from .trainer import GenerationAccuracyTrainer
+from .trainer import TRAINING_ARGS_NAME, GenerationAccuracyTrainer
 from .version import __version__
 
 RESULTS_NAME = "results.json"
@@ -201,7 +202,6 @@ def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) 
     """Run one experiment from already parsed arguments (see :func:`run_experiment`)."""
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-    from .hub import push_run, push_settings, write_model_card
 
     experiment, training = args.experiment, args.training
     method = get_method(experiment.method)
@@ -236,8 +236,8 @@ def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) 
         load_base_model(args.model.model_name_or_path, random_init=args.model.random_init, seed=training.seed) \
             .save_pretrained(base_dir)
 
-    def save_trainable(trained_model, directory: str) -> None:
-        save_artifact(trained_model, experiment.method, experiment.implementation, directory)
+    def save_trainable(trained_model, directory: str, state_dict=None) -> None:
+        save_artifact(trained_model, experiment.method, experiment.implementation, directory, state_dict)
 
     trainer = GenerationAccuracyTrainer(
         model=model,
@@ -262,10 +262,11 @@ def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) 
 
     artifact_dir = output_dir / ARTIFACT_FOLDER
     artifact_size = None
+    # Every process takes part (FSDP and DeepSpeed gather the weights); process 0 writes them, with the tokenizer.
+    trainer.save_model(str(artifact_dir))
     if trainer.is_world_process_zero():
-        save_artifact(trainer.model, experiment.method, experiment.implementation, artifact_dir)
-        artifact_size = directory_size(artifact_dir)
-        tokenizer.save_pretrained(artifact_dir)
+        (artifact_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle; checkpoints keep Trainer's copy
+        artifact_size = sum((artifact_dir / name).stat().st_size for name in pushed_files(artifact_dir))
 
     results = {
         "method": experiment.method,

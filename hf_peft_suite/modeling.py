@@ -155,21 +155,18 @@ def count_parameters(model) -> dict[str, float]:
     return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}
 
 
-def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike) -> None:
+def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike, state_dict=None) -> None:
     """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods.
 
-    The same files make the trainable part of a Trainer checkpoint. peft adapters are saved without embedding
-    layers (no method here trains them): peft would otherwise look the base model up on the Hub to decide.
+    The same files make the trainable part of a Trainer checkpoint. ``state_dict`` is the full state dict Trainer
+    gathers under FSDP or DeepSpeed (``None``: the model's own). peft adapters are saved without embedding layers
+    (no method here trains them): peft would otherwise look the base model up on the Hub to decide.
+    AdapterHub's ``save_adapter`` takes no state dict, so that cell runs without FSDP/DeepSpeed sharding.
     """
     chosen = get_method(method)
     if implementation == "library" and chosen.save_library is not None:
         chosen.save_library(model, str(directory))
     elif implementation == "library" and chosen.library_module == "peft":
-        model.save_pretrained(str(directory), save_embedding_layers=False)
+        model.save_pretrained(str(directory), state_dict=state_dict, save_embedding_layers=False)
     else:
-        model.save_pretrained(str(directory))
-
-
-def directory_size(directory: str | os.PathLike) -> int:
-    """Bytes of every file under ``directory``."""
-    return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
+        model.save_pretrained(str(directory), state_dict=state_dict)

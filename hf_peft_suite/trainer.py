@@ -18,6 +18,7 @@ evaluated by this one class, so all are measured the same way:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Callable
@@ -40,8 +41,9 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
     Args:
         label_words: the word for each class id, as in the training targets.
         processing_class: the tokenizer (needed to decode generations).
-        save_trainable: ``(model, directory) -> None`` writing the model's trainable weights (and their config) for
-            checkpoints and ``save_model``; ``None`` means the model's own ``save_pretrained``.
+        save_trainable: ``(model, directory, state_dict) -> None`` writing the model's trainable weights (and their
+            config) for checkpoints and ``save_model``; ``state_dict`` is the full state dict Trainer gathers under
+            FSDP or DeepSpeed, ``None`` otherwise. ``None`` means the model's own ``save_pretrained``.
         load_trainable: ``(model, directory) -> None`` loading what ``save_trainable`` wrote, to resume; ``None``
             means ``Trainer``'s own loading (``model.safetensors`` or a peft adapter), checked against the model.
         Everything else as for ``Seq2SeqTrainer``; ``args.predict_with_generate`` must be true.
@@ -52,7 +54,7 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
         *args,
         label_words: list[str],
         processing_class=None,
-        save_trainable: Callable[[Any, str], None] | None = None,
+        save_trainable: Callable[[Any, str, dict | None], None] | None = None,
         load_trainable: Callable[[Any, str], None] | None = None,
         **kwargs,
     ):
@@ -110,7 +112,7 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
             return None
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        self.save_trainable(self.accelerator.unwrap_model(self.model), output_dir)
+        self.save_trainable(self.accelerator.unwrap_model(self.model), output_dir, state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))  # as Trainer does (a pickle)
@@ -147,15 +149,27 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
         super()._issue_warnings_after_load(load_result)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        try:
+        with _refusing_unloadable_state(checkpoint, "optimizer or scheduler state"):
             super()._load_optimizer_and_scheduler(checkpoint)
-        except UsageError:
-            raise
-        except Exception as error:
-            raise UsageError(
-                f"cannot resume from {checkpoint}: its optimizer or scheduler state does not fit this run "
-                f"({type(error).__name__}: {first_line(error)}); resume with the arguments of the run that wrote it"
-            ) from None
+
+    def _load_rng_state(self, checkpoint):
+        with _refusing_unloadable_state(checkpoint, "random number generator state"):
+            super()._load_rng_state(checkpoint)
+
+
+@contextlib.contextmanager
+def _refusing_unloadable_state(checkpoint, what: str):
+    """Trainer loads these pickles with ``torch.load(weights_only=True)``: anything but tensors and plain containers
+    (or a damaged file) is refused there, unexecuted; say so as a UsageError instead of a traceback."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as error:
+        raise UsageError(
+            f"cannot resume from {checkpoint}: its {what} cannot be loaded ({type(error).__name__}: "
+            f"{first_line(error)}); resume from another checkpoint, or with the arguments of the run that wrote it"
+        ) from None
 
 
 def is_peft_model(model) -> bool:

@@ -332,3 +332,21 @@ def test_a_resumed_run_that_fails_leaves_the_previous_run_as_it_was(stopped_runs
                        resume_from_checkpoint="last")
     assert snapshot(run) == before
     assert os.listdir(run) == os.listdir(stopped_runs["lora-scratch"])
+
+
+@pytest.mark.parametrize("state_file", ["optimizer.pt", "rng_state.pth", "scheduler.pt"])
+def test_resume_never_runs_a_pickle_payload_in_a_checkpoint(state_file, stopped_runs, tmp_path, capsys):
+    """Trainer's state files are pickles; resume loads them with weights_only=True, so a payload is refused, unrun."""
+    run = copy_run(stopped_runs, "lora-scratch", tmp_path)
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state": Payload()}, run / "checkpoint-2" / state_file)
+    # Two more steps to train, so the RNG state is read too (at the start of the next epoch).
+    assert_refused([*QUICK, "--max_steps", "4", "--method", "lora", "--output_dir", run, "--resume_from_checkpoint",
+                    "last"],
+                   r"cannot resume from .*checkpoint-2: its .*state cannot be loaded \(UnpicklingError", capsys, run)
+    assert not marker.exists()

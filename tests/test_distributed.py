@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from .conftest import REPO_ROOT
 from .helpers import evaluate_in_one_process, free_port, load_trained_model, read_results, run_cli
 
 EVAL_EXAMPLES, EVAL_BATCH, WORLD_SIZE = 37, 8, 2  # 37 is not a multiple of 2 x 8
@@ -22,13 +23,13 @@ CELL_ARGS = [
     "--max_eval_samples", EVAL_EXAMPLES, "--per_device_eval_batch_size", EVAL_BATCH, "--eval_strategy", "steps",
     "--eval_steps", "12", "--logging_strategy", "steps", "--logging_steps", "12",
 ]
+ACCELERATE_CPU_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE)]
 
 
 def accelerate_launch() -> list[str]:
-    # --multi_gpu with the preset's use_cpu=True: two gloo processes (--cpu --num_processes 2 would start one).
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(WORLD_SIZE),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    """The shipped config: MULTI_GPU with use_cpu, two gloo processes (``--cpu --num_processes 2`` starts one)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
             "--main_process_port", str(free_port())]
 
 
