@@ -75,3 +75,21 @@ def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path
                             r"1\).*--use_cpu true.*", line) for line in errors), errors
     assert "hf_peft_suite/" not in result.stderr  # torchrun prints its own ChildFailedError, never one of ours
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in ACCELERATE_CPU_CONFIG.parent.glob("*.yaml")))
+def test_every_shipped_accelerate_config_is_one_accelerate_accepts(config):
+    """Only the CPU config is launched here (no GPU); the others must at least load with accelerate's own loader."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(ACCELERATE_CPU_CONFIG.parent / config))
+    expected = {"cpu_2_processes.yaml": ("MULTI_GPU", True), "multi_gpu.yaml": ("MULTI_GPU", False),
+                "fsdp_t5.yaml": ("FSDP", False), "deepspeed_zero2.yaml": ("DEEPSPEED", False),
+                "deepspeed_zero3.yaml": ("DEEPSPEED", False)}[config]
+    assert (loaded.distributed_type.value, loaded.use_cpu) == expected
+    assert loaded.mixed_precision == ("bf16" if "deepspeed" in config else "no")
+    if config == "fsdp_t5.yaml":
+        assert loaded.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "T5Block"
+        assert loaded.fsdp_config["fsdp_use_orig_params"] is True
+    if config == "deepspeed_zero3.yaml":
+        assert loaded.deepspeed_config["zero3_save_16bit_model"] is True
