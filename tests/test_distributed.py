@@ -70,7 +70,7 @@ def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path
                      launcher=TORCHRUN)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == WORLD_SIZE  # one line from each process
+    assert 1 <= len(errors) <= WORLD_SIZE  # one line per process (torchrun may stop the other before it prints)
     assert all(re.fullmatch(r"error: 2 processes were launched \(WORLD_SIZE=2\) but each trains alone \(world size "
                             r"1\).*--use_cpu true.*", line) for line in errors), errors
     assert "hf_peft_suite/" not in result.stderr  # torchrun prints its own ChildFailedError, never one of ours
