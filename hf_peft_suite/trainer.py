@@ -24,7 +24,9 @@ import os
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import has_length
 
 from .errors import UsageError
 from .metrics import LabelScorer
@@ -90,6 +92,13 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
             return super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
         finally:
             self._expected_eval_examples = None
+
+    def _get_eval_sampler(self, eval_dataset):
+        """The evaluation set in its own order, also under ``--group_by_length`` (which would shuffle it by length
+        groups): ``load_data`` has already sorted it by length, and the scored class ids must line up with it."""
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None  # else: accelerate shards it
 
     def _compute_metrics(self, eval_prediction) -> dict[str, float]:
         predictions, label_ids = eval_prediction.predictions, eval_prediction.label_ids

@@ -22,6 +22,7 @@ CELL_ARGS = [
     "--preset", "tiny", "--max_train_samples", "512", "--max_steps", "24", "--learning_rate", "0.03",
     "--max_eval_samples", EVAL_EXAMPLES, "--per_device_eval_batch_size", EVAL_BATCH, "--eval_strategy", "steps",
     "--eval_steps", "12", "--logging_strategy", "steps", "--logging_steps", "12",
+    "--group_by_length", "true",  # shuffles training batches by length; evaluation must stay in dataset order
 ]
 ACCELERATE_CPU_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE)]
