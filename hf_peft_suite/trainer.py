@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
 from .errors import UsageError
@@ -92,6 +94,13 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
             return super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
         finally:
             self._expected_eval_examples = None
+
+    def _get_train_sampler(self, *args, **kwargs):
+        sampler = super()._get_train_sampler(*args, **kwargs)
+        if isinstance(sampler, LengthGroupedSampler):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler, seed, lambda: self.state.epoch)
+        return sampler
 
     def _get_eval_sampler(self, eval_dataset):
         """The evaluation set in its own order, also under ``--group_by_length`` (which would shuffle it by length
@@ -179,6 +188,28 @@ def _refusing_unloadable_state(checkpoint, what: str):
             f"cannot resume from {checkpoint}: its {what} cannot be loaded ({type(error).__name__}: "
             f"{first_line(error)}); resume from another checkpoint, or with the arguments of the run that wrote it"
         ) from None
+
+
+class EpochSeededLengthGroupedSampler(torch.utils.data.Sampler):
+    """Trainer's ``--group_by_length`` order, drawn from ``(seed, epoch)`` instead of the global random generator.
+
+    Trainer's ``LengthGroupedSampler`` draws each epoch's permutation from the global generator as the epoch starts;
+    a run resumed in the middle of an epoch starts that epoch again with another generator state, so it would see
+    other batches than the run it continues. Seeded by the epoch, the order is the same. The epoch is read from the
+    trainer's state (``epoch_of()``: 1.33 while resuming a third into epoch 1) rather than from ``set_epoch``, which
+    accelerate does not forward to the sampler under several processes.
+    """
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int, epoch_of: Callable[[], float]):
+        self.sampler, self.seed, self.epoch_of = sampler, seed, epoch_of
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = math.floor((self.epoch_of() or 0.0) + 1e-6)
+        self.sampler.generator = torch.Generator().manual_seed(self.seed + epoch)
+        return iter(self.sampler)
 
 
 def is_peft_model(model) -> bool:

@@ -23,7 +23,7 @@ from hf_peft_suite.weights import tensor_shapes
 ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 STOP_AFTER = 4  # steps; 3 steps per epoch, so the stop falls inside epoch 2
 RUN = dict(preset="tiny", max_train_samples=96, num_train_epochs=3, max_eval_samples=32, per_device_eval_batch_size=32,
-           save_strategy="steps", save_steps=2)
+           save_strategy="steps", save_steps=2, group_by_length=True)  # length-grouped batches, reseeded per epoch
 CELLS = [
     pytest.param("full", "scratch", id="full"),
     pytest.param("lora", "scratch", id="lora-scratch"),
@@ -93,3 +93,23 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(
     # steps after the resume (Trainer keeps no running loss in a checkpoint: docs/checkpoints.md).
     assert resumed["history"][0]["train_loss"] == whole["history"][0]["train_loss"]
     assert resumed["history"][2]["train_loss"] == whole["history"][2]["train_loss"]
+
+
+def test_length_grouped_order_depends_on_the_seed_and_the_epoch_only():
+    """Each epoch its own length-grouped order; the same order again when an epoch is resumed part-way."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from hf_peft_suite.trainer import EpochSeededLengthGroupedSampler
+
+    epoch = [0.0]
+    sampler = EpochSeededLengthGroupedSampler(
+        LengthGroupedSampler(4, lengths=[(7 * index) % 23 + 1 for index in range(64)]), seed=3, epoch_of=lambda: epoch[0]
+    )
+    first = list(sampler)
+    torch.rand(5)  # the global generator moves on, as training does
+    assert list(sampler) == first and sorted(first) == list(range(64))
+    epoch[0] = 1.0
+    second = list(sampler)
+    assert second != first
+    epoch[0] = 1.0 + 1 / 3  # resumed a third into epoch 1
+    assert list(sampler) == second
