@@ -202,7 +202,6 @@ def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) 
     """Run one experiment from already parsed arguments (see :func:`run_experiment`)."""
     from transformers import DataCollatorForSeq2Seq, set_seed
 
-
     experiment, training = args.experiment, args.training
     method = get_method(experiment.method)
     method.builder(experiment.implementation)  # refuse a missing library before loading anything

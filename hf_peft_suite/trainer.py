@@ -9,7 +9,9 @@ evaluated by this one class, so all are measured the same way:
   N examples do not divide evenly across processes and batches, the last batches are padded with repeated examples.
   Those come last in the gathered arrays and are dropped, so each of the N examples is scored exactly once
   (``eval_num_scored`` == N); the class ids of the last evaluation stay in :attr:`last_eval_class_ids`, in the order
-  of the eval dataset;
+  of the eval dataset (evaluation never reorders it, also not under ``--group_by_length``);
+- ``--group_by_length`` batches are drawn from the seed and the epoch (:class:`EpochSeededLengthGroupedSampler`), so a
+  run resumed mid-epoch sees the batches the interrupted run would have seen;
 - checkpoints hold what the cell trains: ``save_trainable`` / ``load_trainable`` write and read the trainable weights
   in the cell's own format (AdapterHub's ``save_pretrained`` would write the whole model), and resuming refuses a
   checkpoint whose weights do not match the model's trainable parameters (another method, other options, another
