@@ -153,6 +153,18 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 "--fp16 is refused: T5 overflows in float16 (its feed-forward output exceeds the fp16 range and the "
                 "loss becomes NaN); use --bf16 instead"
             )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1, not {getattr(self, name)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UsageError(
+                f"--learning_rate must be positive, not {self.learning_rate}; leave it out for the method's default"
+            )
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise UsageError(
+                f"--num_train_epochs {self.num_train_epochs:g} trains nothing; give a positive number of epochs or "
+                f"--max_steps N"
+            )
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
         if self.report_to is None:  # transformers 4.57 would report to every installed tracker
@@ -346,9 +358,12 @@ def parse_arguments(
         argv += config_to_argv(overrides)
     argv = _expand_sources(argv, base_settings)
     parser = build_parser()
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if remaining:
-        raise UsageError(f"unrecognized arguments: {' '.join(remaining)} (see --help)")
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        flags = [item for item in unknown if item.startswith("-")] or unknown
+        close = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], all_argument_names(), n=1)
+        hint = f"; did you mean --{close[0]}?" if close else "; see --help for the valid flags"
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     model, data, experiment, *options, training = parsed
     option_classes = list(_option_classes())
     return ParsedArguments(model, data, experiment, training, dict(zip(option_classes, options)))

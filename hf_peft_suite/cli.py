@@ -1,7 +1,9 @@
 """The command line: ``python run_experiment.py [CONFIG.json] [--flags]`` or ``hf-peft-suite [...]``.
 
 - ``--method all`` runs every installed method x implementation and writes the comparison table and plot;
-- ``hf-peft-suite report DIR [DIR ...] [--output_dir OUT]`` rebuilds them from existing ``results.json`` files.
+- ``hf-peft-suite report DIR [DIR ...] [--output_dir OUT]`` rebuilds them from existing ``results.json`` files;
+- ``hf-peft-suite push OUTPUT_DIR --hub_model_id NAME`` pushes a finished run's trained delta and model card to the
+  Hugging Face Hub (what ``--push_to_hub`` does after training).
 
 Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works (``--help`` lists them). A user's
 mistake prints one line, ``error: <problem and fix>``, and exits with code 2; never a traceback.
@@ -9,6 +11,7 @@ mistake prints one line, ``error: <problem and fix>``, and exits with code 2; ne
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -23,6 +26,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # transformers 5 draws one while writing each model shard
     logging.getLogger("datasets").setLevel(logging.ERROR)
     import datasets
 
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
         if argv[:1] == ["report"]:
             return report_main(argv[1:])
+        if argv[:1] == ["push"]:
+            return push_main(argv[1:])
         from .arguments import parse_arguments, requested_method
         from .experiment import run_parsed_experiment
 
@@ -54,19 +60,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser whose errors are one ``error:`` line (exit 2), like the main command's."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def report_main(argv: list[str]) -> int:
     """``report DIR [DIR ...] [--output_dir OUT]``: the comparison files from finished runs."""
-    import argparse
-
     from .report import write_report
 
-    parser = argparse.ArgumentParser(prog="hf-peft-suite report", description=report_main.__doc__)
+    parser = _SubcommandParser(prog="hf-peft-suite report", description=report_main.__doc__)
     parser.add_argument("directories", nargs="+", help="run folders, or folders holding run folders")
     parser.add_argument("--output_dir", default=None, help="where to write comparison.* (default: the first DIR)")
     options = parser.parse_args(argv)
     paths = write_report(options.directories, options.output_dir)
     print(paths["md"].read_text())
     print("written: " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+def push_main(argv: list[str]) -> int:
+    """``push OUTPUT_DIR [--hub_model_id NAME]``: push a finished run's trained delta, its config and a model card."""
+    from .hub import push_to_hub
+
+    parser = _SubcommandParser(prog="hf-peft-suite push", description=push_main.__doc__)
+    parser.add_argument("output_dir", help="the --output_dir of a finished run (with results.json and model/)")
+    parser.add_argument("--hub_model_id", default=None, help="USER/NAME or NAME (default: the folder's name)")
+    parser.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the token of `hf auth login`")
+    parser.add_argument("--hub_private_repo", action="store_true", help="create the repository as private")
+    parser.add_argument("--hub_revision", default=None, help="push to this branch")
+    options = parser.parse_args(argv)
+    record = push_to_hub(options.output_dir, options.hub_model_id, options.hub_token,
+                         True if options.hub_private_repo else None, options.hub_revision)
+    print(f"pushed {', '.join(record['files'])} to {record['url']}")
     return 0
 
 

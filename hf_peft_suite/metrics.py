@@ -44,13 +44,17 @@ class LabelScorer:
         """The class id of each text, or -1 when it is no label word (compared after stripping white space)."""
         return [self.word_to_id.get(text.strip(), INVALID) for text in texts]
 
-    def score(self, generated_ids, label_ids) -> dict[str, float]:
-        """Accuracy, macro-F1, invalid rate and count for generated token ids against reference token ids."""
+    def class_ids(self, generated_ids, label_ids) -> tuple[list[int], list[int]]:
+        """(predicted, reference) class ids of a batch of generated and reference token ids (-1: no label word)."""
         predictions = self.texts_to_ids(self.decode(generated_ids))
         references = self.texts_to_ids(self.decode(label_ids))
         if INVALID in references:
             raise ValueError("a reference is not one of the label words: labels and label_words disagree")
-        return self.score_ids(predictions, references)
+        return predictions, references
+
+    def score(self, generated_ids, label_ids) -> dict[str, float]:
+        """Accuracy, macro-F1, invalid rate and count for generated token ids against reference token ids."""
+        return self.score_ids(*self.class_ids(generated_ids, label_ids))
 
     def score_ids(self, predictions: list[int], references: list[int]) -> dict[str, float]:
         if self._metric is None:

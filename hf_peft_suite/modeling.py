@@ -1,7 +1,9 @@
 """Load the tokenizer and base model, apply a method, count parameters, save the trained artifact.
 
-Models load with safetensors only and never run remote code. A name that cannot be reached (no network) or a model
-that is not an encoder-decoder is a :class:`UsageError` with the way out.
+Models load with safetensors only (a folder holding only pickled ``.bin`` weights is refused, never unpickled) and
+never run remote code (``trust_remote_code=False``: a model that needs its own code is refused, without a prompt).
+A name that cannot be reached (no network), a local path that does not exist, a damaged weights file or a model that
+is not an encoder-decoder is a :class:`UsageError` with the way out.
 """
 
 from __future__ import annotations
@@ -21,9 +23,40 @@ OFFLINE_HINT = (
 )
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
 def _unreachable(kind: str, name: str, error: Exception) -> UsageError:
+    """The UsageError for a model or tokenizer that failed to load, naming the likely cause and its fix."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "trust_remote_code" in str(error) or "custom code" in str(error):
+        return UsageError(
+            f"the {kind} {name!r} needs its own Python code to load, and this toolkit never runs remote or custom "
+            f"code; use a model with a built-in architecture (T5, BART, ...)"
+        )
+    folder = Path(os.path.expanduser(name))
+    if folder.is_dir():
+        if kind == "model" and not any(folder.glob("*.safetensors")) and any(
+                path for pattern in PICKLE_WEIGHTS for path in folder.glob(pattern)):
+            return UsageError(
+                f"the model folder {name} holds only pickled weights (.bin/.pt), which are never loaded here because "
+                f"unpickling can run code; convert them to safetensors where you trust the file "
+                f"(model.save_pretrained(folder, safe_serialization=True))"
+            )
+        return UsageError(
+            f"cannot load the {kind} from the folder {name} ({type(error).__name__}: {reason}); the folder must hold "
+            f"a complete {kind} saved with save_pretrained (a damaged or truncated file: save or copy it again)"
+        )
     return UsageError(f"cannot load the {kind} {name!r} ({reason}). {OFFLINE_HINT}")
+
+
+def check_local_path(name: str, kind: str) -> None:
+    """Refuse a path-like name (``./x``, ``/x``, ``~/x``) that does not exist, rather than asking the Hub for it."""
+    if name.startswith((".", "/", "~")) and not os.path.exists(os.path.expanduser(name)):
+        raise UsageError(
+            f"the {kind} path {name} does not exist; give an existing folder, or a Hugging Face Hub id such as "
+            f"t5-small"
+        )
 
 
 def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path: str | None = None):
@@ -33,9 +66,10 @@ def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path:
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
+    check_local_path(name, "tokenizer" if tokenizer_name_or_path else "model")
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except Exception as error:
         raise _unreachable("tokenizer", name, error) from None
 
 
@@ -47,9 +81,10 @@ def load_model_config(model_name_or_path: str):
         from .tiny import tiny_t5_config
 
         return tiny_t5_config()
+    check_local_path(model_name_or_path, "model")
     try:
-        config = AutoConfig.from_pretrained(model_name_or_path)
-    except (OSError, ValueError) as error:
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=False)
+    except Exception as error:
         raise _unreachable("model", model_name_or_path, error) from None
     if not getattr(config, "is_encoder_decoder", False):
         raise UsageError(
@@ -73,8 +108,10 @@ def load_base_model(model_name_or_path: str = "t5-small", random_init: bool = Fa
         model.name_or_path = model_name_or_path
         return model
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, use_safetensors=True)
-    except (OSError, ValueError) as error:
+        return AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, use_safetensors=True, trust_remote_code=False)
+    except UsageError:
+        raise
+    except Exception as error:  # OSError, ValueError, safetensors' SafetensorError for a damaged file
         raise _unreachable("model", model_name_or_path, error) from None
 
 
@@ -118,15 +155,18 @@ def count_parameters(model) -> dict[str, float]:
     return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}
 
 
-def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike) -> None:
-    """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods."""
+def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike, state_dict=None) -> None:
+    """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods.
+
+    The same files make the trainable part of a Trainer checkpoint. ``state_dict`` is the full state dict Trainer
+    gathers under FSDP or DeepSpeed (``None``: the model's own). peft adapters are saved without embedding layers
+    (no method here trains them): peft would otherwise look the base model up on the Hub to decide.
+    AdapterHub's ``save_adapter`` takes no state dict, so that cell runs without FSDP/DeepSpeed sharding.
+    """
     chosen = get_method(method)
     if implementation == "library" and chosen.save_library is not None:
         chosen.save_library(model, str(directory))
+    elif implementation == "library" and chosen.library_module == "peft":
+        model.save_pretrained(str(directory), state_dict=state_dict, save_embedding_layers=False)
     else:
-        model.save_pretrained(str(directory))
-
-
-def directory_size(directory: str | os.PathLike) -> int:
-    """Bytes of every file under ``directory``."""
-    return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
+        model.save_pretrained(str(directory), state_dict=state_dict)

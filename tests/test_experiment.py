@@ -1,19 +1,16 @@
-"""End to end: the tiny preset learns, JSON configs run, results.json holds what it promises, bad input exits 2."""
+"""End to end: the tiny preset learns, JSON configs run, results.json holds what it promises (bad input: test_bad_input)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from hf_peft_suite.arguments import load_json_config, load_preset, parse_arguments
-from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
 
 from .conftest import REPO_ROOT
+from .helpers import run_cli
 
 QUICK = {"preset": "tiny", "max_steps": 6, "max_eval_samples": 64}
 
@@ -89,13 +86,6 @@ def test_flags_override_json_config_which_overrides_preset(tmp_path):
     assert parsed.model.model_name_or_path == "builtin:tiny-t5"  # from the preset
 
 
-def run_cli(*argv, cwd=REPO_ROOT):
-    """The CLI as a user runs it: a separate process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "run_experiment.py", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_json_config_runs_and_a_second_run_never_overwrites_the_first(tmp_path):
     output_dir = tmp_path / "run"
     first = run_cli("configs/tiny.json", "--output_dir", str(output_dir), "--max_steps", "4")
@@ -111,62 +101,6 @@ def test_json_config_runs_and_a_second_run_never_overwrites_the_first(tmp_path):
     ]
     assert "Traceback" not in second.stderr
     assert (output_dir / "results.json").read_bytes() == saved
-
-
-@pytest.fixture(scope="module")
-def decoder_only_model(tmp_path_factory):
-    from transformers import GPT2Config
-
-    path = tmp_path_factory.mktemp("gpt2")
-    GPT2Config(n_layer=1, n_head=2, n_embd=8).save_pretrained(path)
-    return path
-
-
-BAD_INPUTS = [
-    (["--method", "qlora"], "unknown method 'qlora'"),
-    (["--implementation", "both"], "unknown implementation 'both'"),
-    (["--method", "full", "--implementation", "library"], "has no library implementation"),
-    (["--fp16"], "--fp16 is refused: T5 overflows in float16.*use --bf16"),
-    (["--max_eval_samples", "0"], "--max_eval_samples must be at least 1"),
-    (["--dataset_name", "./missing/imdb"], "dataset path ./missing/imdb does not exist"),
-    (["--text_column", "review"], "no column 'review'"),
-    (["--model_name_or_path", "t5-small"], "cannot load the tokenizer 't5-small'.*--preset tiny"),
-    (["--no_such_flag", "1"], "unrecognized arguments: --no_such_flag"),
-    (["--preset", "huge"], "unknown preset 'huge'"),
-]
-
-
-@pytest.mark.parametrize(("argv", "message"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_clear_line_and_exit_code_2(argv, message, capsys, tmp_path):
-    code = main(["--preset", "tiny", "--output_dir", str(tmp_path / "out"), *argv])
-    error = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(error.splitlines()) == 1 and error.startswith("error: ")
-    assert __import__("re").search(message, error), error
-    assert not (tmp_path / "out").exists()  # refused before anything was written
-
-
-def test_a_model_that_is_not_an_encoder_decoder_is_refused(decoder_only_model, capsys, tmp_path):
-    code = main(["--preset", "tiny", "--output_dir", str(tmp_path / "out"),
-                 "--model_name_or_path", str(decoder_only_model), "--tokenizer_name_or_path", "builtin:tiny-t5"])
-    assert code == 2
-    assert "is a gpt2 model, not an encoder-decoder" in capsys.readouterr().err
-
-
-def test_json_config_with_an_unknown_key_is_refused(tmp_path, capsys):
-    config = tmp_path / "run.json"
-    config.write_text(json.dumps({"preset": "tiny", "lerning_rate": 0.1}))
-    assert main([str(config)]) == 2
-    assert "unknown key 'lerning_rate'; did you mean 'learning_rate'?" in capsys.readouterr().err
-
-
-def test_bad_input_in_a_real_process_prints_no_traceback(tmp_path):
-    result = run_cli("--preset", "tiny", "--method", "qlora", "--output_dir", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "error: unknown method 'qlora'; choose one of " + ", ".join(__import__("hf_peft_suite").methods.METHODS)
-        + " (--method NAME)"
-    ]
 
 
 def test_real_imdb_slice_with_the_real_tokenizer_and_random_t5_small(shared_imdb, t5_small_path, tmp_path):

@@ -37,6 +37,9 @@ class Method:
         save_library: ``(model, directory) -> None`` writing the library model's delta-only artifact, for libraries
             whose ``model.save_pretrained`` would write the whole model (AdapterHub); ``None`` means
             ``model.save_pretrained(directory)``.
+        load_library: ``(model, directory) -> None`` loading what ``save_library`` wrote back into a library model
+            built with the same options, in place (the parameters the optimizer holds keep their identity), to resume
+            training from a checkpoint; ``None`` means ``Trainer``'s own loading.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Method:
     library_module: str | None = None
     library_install_hint: str | None = None
     save_library: Callable[[Any, str], None] | None = None
+    load_library: Callable[[Any, str], None] | None = None
 
     def builder(self, implementation: str) -> Callable[[Any, Any], Any]:
         """The builder for ``implementation``, or a :class:`UsageError` saying why it cannot be had."""

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..weights import compare_shapes, config_differences, load_tensors
 from . import Method, library_problem
 from .delta import DeltaConfig, DeltaModel, delta_config_kwargs, register_delta_model
 
@@ -424,6 +425,32 @@ def save_library_adapter(model, directory: str) -> None:
     model.save_adapter(directory, LIBRARY_ADAPTER_NAME, with_head=False, use_safetensors=True)
 
 
+def load_library_adapter(model, directory: str) -> None:
+    """Copy the adapter :func:`save_library_adapter` wrote into ``model``'s own adapter, in place (to resume).
+
+    AdapterHub's ``load_adapter`` would build new modules, leaving the optimizer holding the old parameters, so the
+    tensors are copied into the existing ones. The saved configuration, names and shapes must match ``model``'s.
+    """
+    config_path = os.path.join(directory, ADAPTERHUB_CONFIG_NAME)
+    weights_path = os.path.join(directory, ADAPTERHUB_WEIGHTS_NAME)
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise UsageError(f"{directory} holds no {os.path.basename(path)}: it is not an adapter saved by this cell")
+    with open(config_path, encoding="utf-8") as file:
+        saved = json.load(file)
+    current = model.adapters_config.get(LIBRARY_ADAPTER_NAME).to_dict()
+    differences = config_differences(saved.get("config", {}), current)
+    if differences:
+        raise UsageError(f"{config_path} was saved with other options ({'; '.join(differences[:3])})")
+    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    state_dict = load_tensors(weights_path)
+    compare_shapes({name: tuple(p.shape) for name, p in trainable.items()},
+                   {name: tuple(t.shape) for name, t in state_dict.items()}, weights_path)
+    with torch.no_grad():
+        for name, tensor in state_dict.items():
+            trainable[name].copy_(tensor)
+
+
 # ---------------------------------------------------------------------------------- interop with AdapterHub
 
 ADAPTERHUB_CONFIG_NAME = "adapter_config.json"
@@ -588,4 +615,5 @@ METHOD = Method(
     library_module="adapters",
     library_install_hint=INSTALL_HINT,
     save_library=save_library_adapter,
+    load_library=load_library_adapter,
 )

@@ -1,0 +1,329 @@
+"""The model card of a finished run, and pushing the run's trained delta to the Hugging Face Hub.
+
+``--push_to_hub --hub_model_id NAME`` (or ``hf-peft-suite push OUTPUT_DIR --hub_model_id NAME`` afterwards) uploads
+exactly what a user needs to load the trained cell, and nothing else:
+
+- the trainable weights and their config, as the cell saves them in ``output_dir/model/``: ``config.json`` +
+  ``model.safetensors`` (scratch cells: only the delta; full fine-tuning: the whole model, which is what it trains,
+  plus ``generation_config.json``), ``adapter_config.json`` + ``adapter_model.safetensors`` (peft) or
+  ``adapter.safetensors`` (AdapterHub);
+- ``README.md``, the model card (:func:`model_card`): method, implementation, base model, dataset, the metrics of
+  ``results.json``, trainable parameters, and the exact lines that load it.
+
+Never the tokenizer (it is the base model's), never a pickle. The repository ends up holding exactly these files:
+files of an earlier push that are not part of this one are deleted in the same commit.
+
+This is our own upload (``huggingface_hub``'s ``create_repo`` + ``upload_folder``) after training, not ``Trainer``'s
+``push_to_hub``, which would push every checkpoint with the tokenizer and training arguments.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .tiny import TINY_MODEL_NAME
+from .weights import first_line
+
+MODEL_CARD_NAME = "README.md"
+# What is pushed from output_dir/model/: weights (safetensors only) and their configs.
+PUSHED_FILE_PATTERNS = (
+    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
+)
+LIBRARY_NAMES = {"peft": "peft", "adapters": "adapter-transformers"}
+
+
+@dataclass
+class PushSettings:
+    """Where and how to push: the repository id, the token, and the repository's visibility and branch."""
+
+    repo_id: str
+    token: str | None = None
+    private: bool | None = None
+    revision: str | None = None
+
+
+def push_settings(training, output_dir: str | os.PathLike) -> PushSettings | None:
+    """The push a run asks for (``--push_to_hub``), checked before training; ``None`` when it asks for none.
+
+    The repository id defaults to the output folder's name, as ``Trainer`` does. A missing token or an invalid id is
+    a :class:`UsageError` now, not after hours of training.
+    """
+    if not training.push_to_hub:
+        return None
+    repo_id = training.hub_model_id or Path(output_dir).absolute().name
+    check_repo_id(repo_id)
+    return PushSettings(
+        repo_id=repo_id,
+        token=hub_token(training.hub_token),
+        private=training.hub_private_repo,
+        revision=getattr(training, "hub_revision", None),
+    )
+
+
+def check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UsageError(
+            f"--hub_model_id {repo_id!r} is not a valid repository id ({first_line(error)}); use NAME or USER/NAME "
+            f"with letters, digits, '-', '_' and '.'"
+        ) from None
+
+
+def hub_token(given: str | None = None) -> str:
+    """``given``, or the token of ``HF_TOKEN`` / ``hf auth login``; a :class:`UsageError` when there is none."""
+    from huggingface_hub import get_token
+
+    token = given or get_token()
+    if not token:
+        raise UsageError(
+            "--push_to_hub needs a Hugging Face token with write access: run `hf auth login`, set HF_TOKEN, or pass "
+            "--hub_token"
+        )
+    return token
+
+
+# ------------------------------------------------------------------------------------------------ model card
+def _is_hub_id(name: str) -> bool:
+    """Whether others can load ``name`` by name: not built in code, not a folder on this machine."""
+    return not name.startswith(("builtin:", ".", "/", "~")) and not os.path.exists(name)
+
+
+def base_loading_lines(results: dict) -> list[str]:
+    """The lines that give ``base``: the pretrained base by name, or the same random/local base rebuilt."""
+    name, seed = results["model_name_or_path"], results["config"]["training"]["seed"]
+    if results.get("random_init") or not _is_hub_id(name):
+        random_init = ", random_init=True" if results["config"]["model"].get("random_init") else ""
+        comment = {
+            True: f"  # random weights, rebuilt from seed {seed} exactly as in training",
+            False: "  # the base was a folder on the training machine: point this at your copy",
+        }[bool(results.get("random_init"))]
+        return [f'base = hf_peft_suite.load_base_model("{name}"{random_init}, seed={seed}){comment}']
+    return [f'base = AutoModelForSeq2SeqLM.from_pretrained("{name}")']
+
+
+def tokenizer_loading_line(results: dict) -> str:
+    name = results["config"]["model"].get("tokenizer_name_or_path") or results["model_name_or_path"]
+    if name == TINY_MODEL_NAME or not _is_hub_id(name):
+        return f'tokenizer = hf_peft_suite.load_tokenizer("{name}")'
+    return f'tokenizer = AutoTokenizer.from_pretrained("{name}")'
+
+
+def loading_code(results: dict, repo_id: str) -> str:
+    """The Python lines that load the pushed cell from ``repo_id`` and let it write a label word."""
+    method, implementation = results["method"], results["implementation"]
+    base_by_name = not results.get("random_init") and _is_hub_id(results["model_name_or_path"])
+    lines = ["import hf_peft_suite  # registers the hand-written methods with the Auto classes"]
+    if implementation == "scratch" and (method == "full" or base_by_name):
+        lines += [
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForSeq2SeqLM.from_pretrained("{repo_id}")',
+        ]
+    elif implementation == "scratch":
+        lines += [
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            *base_loading_lines(results),
+            f'model = AutoModelForSeq2SeqLM.from_pretrained("{repo_id}", base_model=base)',
+        ]
+    elif library_of(results) == "peft":
+        lines += [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            *base_loading_lines(results),
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+        ]
+    else:  # AdapterHub
+        lines += [
+            "import adapters",
+            "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+            "",
+            *base_loading_lines(results),
+            "adapters.init(base)",
+            f'base.load_adapter("{repo_id}", set_active=True, use_safetensors=True)',
+            "model = base",
+        ]
+    words = results["label_words"]
+    lines += [
+        tokenizer_loading_line(results),
+        "",
+        'inputs = tokenizer(["a wonderful and moving film"], return_tensors="pt")  # cleaned as in training',
+        f"output = model.generate(**inputs, max_new_tokens={results['max_new_tokens']})",
+        f"print(tokenizer.batch_decode(output, skip_special_tokens=True))  # one of {words}",
+    ]
+    return "\n".join(lines)
+
+
+def library_of(results: dict) -> str | None:
+    """The PEFT library of a library cell (``peft`` or ``adapters``), ``None`` for scratch cells."""
+    if results["implementation"] != "library":
+        return None
+    from .methods import get_method
+
+    return get_method(results["method"]).library_module
+
+
+def _metric(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def model_card(results: dict, repo_id: str) -> str:
+    """A ``README.md`` for the trained cell, from its ``results.json`` (see the module docstring)."""
+    method, implementation = results["method"], results["implementation"]
+    library = library_of(results)
+    final, parameters = results["final_metrics"], results["parameters"]
+    base, dataset = results["model_name_or_path"], results["dataset_name"]
+    metadata = [
+        "---",
+        f"library_name: {LIBRARY_NAMES.get(library, 'transformers')}",
+        "pipeline_tag: text2text-generation",
+        f"tags: [hf_peft_suite, {method}, {implementation}, sentiment-analysis]",
+    ]
+    if _is_hub_id(base) and not results.get("random_init"):
+        metadata.append(f"base_model: {base}")
+    if _is_hub_id(dataset):
+        metadata.append(f"datasets: [{dataset}]")
+    metadata += ["metrics: [accuracy, f1]", "---"]
+    implementation_text = {
+        None: "hf_peft_suite's own modules (no PEFT library)",
+        "peft": "Hugging Face peft",
+        "adapters": "AdapterHub adapters",
+    }[library]
+    base_text = f"`{base}`" + (" (random weights)" if results.get("random_init") else "")
+    rows = [
+        ("method", f"`{method}`"),
+        ("implementation", f"`{implementation}`: {implementation_text}"),
+        ("base model", base_text),
+        ("dataset", f"`{dataset}` ({results['num_train_examples']:,} training, {results['num_eval_examples']:,} "
+                    f"evaluation examples)"),
+        ("label words", ", ".join(f"`{word}`" for word in results["label_words"])),
+        ("trainable parameters", f"{parameters['trainable']:,} of {parameters['total']:,} "
+                                 f"({parameters['trainable_percent']:.4f}%)"),
+        ("accuracy (final)", _metric(final.get("eval_accuracy"))),
+        ("macro-F1 (final)", _metric(final.get("eval_macro_f1"))),
+        ("invalid outputs (final)", _metric(final.get("eval_invalid_rate"))),
+        ("best accuracy", f"{_metric(results['best_accuracy'])} (epoch {results['best_epoch']:g})"),
+        ("learning rate", f"{results['learning_rate']:g}"),
+        ("processes", str(results.get("world_size", 1))),
+    ]
+    table = ["| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows]]
+    versions = ", ".join(f"{name} {version}" for name, version in results["versions"].items() if version)
+    return "\n".join([
+        *metadata,
+        "",
+        f"# {repo_id}",
+        "",
+        f"T5 fine-tuned for sentiment as text-to-text with **{method}** ({implementation} implementation) by "
+        f"hf_peft_suite: the model reads a review and writes its label word. Metrics are "
+        f"the accuracy of the *generated* words on the evaluation split.",
+        "",
+        *table,
+        "",
+        "## Load it",
+        "",
+        "```python",
+        loading_code(results, repo_id),
+        "```",
+        "",
+        "Reviews were lowercased with `<br />` removed before training" if results["config"]["data"].get(
+            "clean_text", True) else "Reviews were used as they are",
+        f"(inputs truncated to {results['config']['data']['max_source_length']} tokens).",
+        "",
+        "## Files",
+        "",
+        "Only the trained weights (safetensors) and their config, plus this card. Trained with " + versions + ".",
+        "",
+    ])
+
+
+def write_model_card(artifact_dir: str | os.PathLike, results: dict, repo_id: str | None = None) -> Path:
+    """Write ``README.md`` into the artifact folder (replacing peft's template card); returns its path."""
+    path = Path(artifact_dir) / MODEL_CARD_NAME
+    path.write_text(model_card(results, repo_id or Path(artifact_dir).parent.name))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ push
+def pushed_files(artifact_dir: str | os.PathLike) -> list[str]:
+    """The files of ``artifact_dir`` that are pushed (weights and their configs), README.md aside."""
+    names = sorted(path.name for path in Path(artifact_dir).iterdir() if path.is_file())
+    return [name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in PUSHED_FILE_PATTERNS)]
+
+
+def upload_folder_to_hub(folder: str, settings: PushSettings, commit_message: str) -> str:
+    """Create the repository if needed and make it hold exactly the files of ``folder``; returns its URL.
+
+    The one function that talks to the Hub (tests replace it).
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=settings.token)
+    url = api.create_repo(settings.repo_id, private=settings.private, exist_ok=True)
+    if settings.revision:
+        api.create_branch(url.repo_id, branch=settings.revision, exist_ok=True)
+    api.upload_folder(
+        repo_id=url.repo_id, folder_path=folder, commit_message=commit_message, revision=settings.revision,
+        delete_patterns="*",  # files of an earlier push that this one does not hold (.gitattributes is kept)
+    )
+    return str(url)
+
+
+def push_to_hub(output_dir: str | os.PathLike, repo_id: str | None = None, token: str | None = None,
+                private: bool | None = None, revision: str | None = None) -> dict:
+    """Push a finished run (``hf-peft-suite push OUTPUT_DIR``): see :func:`push_run`. ``repo_id`` defaults to the
+    folder's name; the push is recorded under ``"hub"`` in its ``results.json``."""
+    from .experiment import RESULTS_NAME
+
+    repo_id = repo_id or Path(output_dir).absolute().name
+    check_repo_id(repo_id)
+    record = push_run(output_dir, PushSettings(repo_id, hub_token(token), private, revision))
+    results_path = Path(output_dir) / RESULTS_NAME
+    results = json.loads(results_path.read_text())
+    results["hub"] = record
+    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return record
+
+
+def push_run(output_dir: str | os.PathLike, settings: PushSettings) -> dict:
+    """Push ``output_dir/model``'s weights and configs with a fresh model card; returns what was pushed where.
+
+    A failed upload is a :class:`UsageError` that says how to try again; the run's files are untouched.
+    """
+    from .experiment import ARTIFACT_FOLDER, RESULTS_NAME
+
+    output_dir = Path(output_dir)
+    artifact_dir, results_path = output_dir / ARTIFACT_FOLDER, output_dir / RESULTS_NAME
+    if not results_path.is_file() or not artifact_dir.is_dir():
+        raise UsageError(f"{output_dir} holds no finished run ({RESULTS_NAME} and {ARTIFACT_FOLDER}/); train it first")
+    results = json.loads(results_path.read_text())
+    files = pushed_files(artifact_dir)
+    if not any(name.endswith(".safetensors") or name.endswith(".index.json") for name in files):
+        raise UsageError(f"{artifact_dir} holds no safetensors weights to push")
+    with tempfile.TemporaryDirectory(prefix="hf_peft_suite_push_") as staging:
+        for name in files:
+            shutil.copy2(artifact_dir / name, Path(staging) / name)
+        (Path(staging) / MODEL_CARD_NAME).write_text(model_card(results, settings.repo_id))
+        message = f"{results['method']} / {results['implementation']}: accuracy " \
+                  f"{_metric(results['final_metrics'].get('eval_accuracy'))} (hf_peft_suite)"
+        try:
+            url = upload_folder_to_hub(staging, settings, message)
+        except UsageError:
+            raise
+        except Exception as error:
+            raise UsageError(
+                f"pushing {artifact_dir} to {settings.repo_id!r} failed ({type(error).__name__}: {first_line(error)}); "
+                f"the run is saved: push it again with `hf-peft-suite push {output_dir} --hub_model_id "
+                f"{settings.repo_id}`"
+            ) from None
+    return {"repo_id": settings.repo_id, "url": url, "files": sorted([*files, MODEL_CARD_NAME])}

@@ -1,0 +1,86 @@
+"""Checks on saved weights and configs before they are loaded: names, shapes, options, readability.
+
+Used when a checkpoint is resumed and when a library adapter is loaded back, so a file saved by another method, with
+other options, for another base, or damaged on disk is a :class:`~hf_peft_suite.errors.UsageError` naming the problem,
+not a silent partial load or a traceback. Only safetensors headers and JSON are read: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+# Config fields that may differ between a saved config and the model it is loaded into (paths, versions, modes).
+CONFIG_FIELDS_NOT_COMPARED = frozenset({
+    "transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype", "base_model_name_or_path",
+    "inference_mode", "peft_version", "revision", "auto_mapping", "use_cache", "tokenizer_name_or_path",
+})
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _comparable(value):
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value, key=str)
+    if isinstance(value, list):
+        return [_comparable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    return getattr(value, "value", value)  # enums (peft's PeftType, TaskType) as their JSON strings
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``field saved vs current`` for every field both configs have that differs (paths and versions aside);
+    nested dicts (a delta's ``base_model_config``) are compared field by field."""
+    differences = []
+    for key in sorted(set(saved) & set(current) - CONFIG_FIELDS_NOT_COMPARED):
+        saved_value, current_value = saved[key], current[key]
+        if isinstance(saved_value, dict) and isinstance(current_value, dict):
+            differences += config_differences(saved_value, current_value, f"{prefix}{key}.")
+            continue
+        if isinstance(current_value, (set, frozenset)) and isinstance(saved_value, list):
+            saved_value = set(saved_value)  # a set saved as a JSON list, in any order (peft's target_modules)
+        if _comparable(saved_value) != _comparable(current_value):
+            differences.append(f"{prefix}{key} {saved[key]!r} (saved) vs {_comparable(current_value)!r} (this run)")
+    return differences
+
+
+def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, from its header; a damaged file is a UsageError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as file:
+            return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
+    except Exception as error:
+        raise UsageError(f"cannot read {path} ({first_line(error)}); the file is corrupted or truncated") from None
+
+
+def load_tensors(path: str) -> dict:
+    """All tensors of a safetensors file; a damaged or truncated file is a UsageError."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as error:
+        raise UsageError(f"cannot read {path} ({first_line(error)}); the file is corrupted or truncated") from None
+
+
+def compare_shapes(expected: dict[str, tuple], saved: dict[str, tuple], source: str) -> None:
+    """Refuse ``saved`` unless it holds exactly the ``expected`` tensor names with the expected shapes."""
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    wrong = [
+        f"{name} {tuple(saved[name])} vs {tuple(expected[name])}"
+        for name in sorted(set(expected) & set(saved))
+        if tuple(saved[name]) != tuple(expected[name])
+    ]
+    if missing or unexpected or wrong:
+        found = [f"{label} {len(names)}, e.g. {names[0]}" for label, names in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes", wrong)) if names]
+        raise UsageError(
+            f"{source} does not match this model's trainable weights ({'; '.join(found)}): it was saved for "
+            f"another method, other options or another base model"
+        )

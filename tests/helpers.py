@@ -1,0 +1,83 @@
+"""Helpers shared by the end-to-end tests: run the CLI as a user does, load and evaluate a finished run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO_ROOT
+
+
+def cli_environment(**extra: str) -> dict[str, str]:
+    """The test process's environment (offline Hub, private datasets cache) with this checkout importable."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_cli(*argv, cwd=REPO_ROOT, launcher: list[str] | None = None, timeout: int = 300, **env):
+    """``python run_experiment.py ARGV`` (or ``LAUNCHER run_experiment.py ARGV``) in a separate process."""
+    command = [*(launcher or [sys.executable]), "run_experiment.py", *map(str, argv)]
+    return subprocess.run(command, cwd=cwd, env=cli_environment(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_results(output_dir: Path) -> dict:
+    return json.loads((Path(output_dir) / "results.json").read_text())
+
+
+def load_trained_model(output_dir: Path):
+    """The trained model of a finished run, loaded from ``output_dir/model`` the way each library loads it."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    import hf_peft_suite  # noqa: F401  (registers the scratch methods with the Auto classes)
+
+    output_dir = Path(output_dir)
+    results, model_dir = read_results(output_dir), output_dir / "model"
+    if results["implementation"] == "scratch":
+        return AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
+    base = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "base_model")
+    if (model_dir / "adapter_model.safetensors").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, model_dir).eval()
+    import adapters
+
+    adapters.init(base)
+    base.load_adapter(str(model_dir), set_active=True, use_safetensors=True)
+    return base.eval()
+
+
+def evaluate_in_one_process(model, output_dir: Path, tmp_path: Path, batch_size: int):
+    """Evaluate ``model`` on the run's own evaluation set in this (single) process; returns (metrics, class ids)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_peft_suite import GenerationAccuracyTrainer, load_data, load_tokenizer
+    from hf_peft_suite.arguments import DataArguments, TrainingArguments
+
+    config = read_results(output_dir)["config"]
+    tokenizer = load_tokenizer(config["model"]["model_name_or_path"])
+    seed = config["training"]["data_seed"] if config["training"]["data_seed"] is not None else config["training"]["seed"]
+    data = load_data(DataArguments(**config["data"]), tokenizer, seed=seed)
+    trainer = GenerationAccuracyTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path / "evaluation"), per_device_eval_batch_size=batch_size,
+                               use_cpu=True, disable_tqdm=True),
+        eval_dataset=data.eval_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        label_words=data.label_words,
+    )
+    assert trainer.args.world_size == 1
+    metrics = trainer.evaluate()
+    references = trainer.scorer.texts_to_ids(tokenizer.batch_decode(list(data.eval_dataset["labels"]),
+                                                                     skip_special_tokens=True))
+    return metrics, trainer.last_eval_class_ids, references

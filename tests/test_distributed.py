@@ -1,0 +1,96 @@
+"""Two real processes on CPU (gloo): ``torchrun`` and ``accelerate launch`` run a scratch and a library cell.
+
+The evaluation set has 37 examples: with 2 processes x 8 per batch, the last round of batches is padded with repeated
+examples. Each run must say it ran with world size 2, score each of the 37 examples exactly once (in the order of the
+evaluation set), and reach the accuracy that a single-process evaluation of its saved model reaches, example by
+example. Each launch takes about 10 s here (two interpreters start on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+
+from .conftest import REPO_ROOT
+from .helpers import evaluate_in_one_process, free_port, load_trained_model, read_results, run_cli
+
+EVAL_EXAMPLES, EVAL_BATCH, WORLD_SIZE = 37, 8, 2  # 37 is not a multiple of 2 x 8
+CELL_ARGS = [
+    "--preset", "tiny", "--max_train_samples", "512", "--max_steps", "24", "--learning_rate", "0.03",
+    "--max_eval_samples", EVAL_EXAMPLES, "--per_device_eval_batch_size", EVAL_BATCH, "--eval_strategy", "steps",
+    "--eval_steps", "12", "--logging_strategy", "steps", "--logging_steps", "12",
+    "--group_by_length", "true",  # shuffles training batches by length; evaluation must stay in dataset order
+]
+ACCELERATE_CPU_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE)]
+
+
+def accelerate_launch() -> list[str]:
+    """The shipped config: MULTI_GPU with use_cpu, two gloo processes (``--cpu --num_processes 2`` starts one)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
+            "--main_process_port", str(free_port())]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "method", "implementation"),
+    [("torchrun", "lora", "scratch"), ("accelerate", "lora", "library")],
+    ids=["torchrun-lora-scratch", "accelerate-lora-peft"],
+)
+def test_two_processes_score_every_example_once_as_one_process_does(launcher, method, implementation, tmp_path):
+    output_dir = tmp_path / "run"
+    command = TORCHRUN if launcher == "torchrun" else accelerate_launch()
+    result = run_cli(*CELL_ARGS, "--method", method, "--implementation", implementation, "--output_dir", output_dir,
+                     launcher=command)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    results = read_results(output_dir)
+    assert results["world_size"] == WORLD_SIZE
+    assert results["num_eval_examples"] == EVAL_EXAMPLES
+    assert [row["eval_num_scored"] for row in results["history"]] == [EVAL_EXAMPLES, EVAL_EXAMPLES]
+    distributed = json.loads((output_dir / "eval_predictions.json").read_text())
+
+    metrics, single, references = evaluate_in_one_process(
+        load_trained_model(output_dir), output_dir, tmp_path, batch_size=EVAL_BATCH
+    )
+    assert metrics["eval_num_scored"] == EVAL_EXAMPLES
+    # Every example scored once, in order: the references of the 2-process run are the evaluation set's own.
+    assert distributed["references"] == references
+    assert distributed["predictions"] == single["predictions"]  # example by example
+    assert results["final_metrics"]["eval_accuracy"] == metrics["eval_accuracy"]
+    assert results["final_metrics"]["eval_macro_f1"] == metrics["eval_macro_f1"]
+    assert 0.5 < metrics["eval_accuracy"] < 1.0, metrics  # a model that has learned something, not a constant
+
+
+def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path):
+    """Without --use_cpu on a machine without GPUs, torchrun's processes form no group: each would train alone."""
+    output_dir = tmp_path / "run"
+    result = run_cli("--preset", "tiny", "--use_cpu", "false", "--max_steps", "2", "--output_dir", output_dir,
+                     launcher=TORCHRUN)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert 1 <= len(errors) <= WORLD_SIZE  # one line per process (torchrun may stop the other before it prints)
+    assert all(re.fullmatch(r"error: 2 processes were launched \(WORLD_SIZE=2\) but each trains alone \(world size "
+                            r"1\).*--use_cpu true.*", line) for line in errors), errors
+    assert "hf_peft_suite/" not in result.stderr  # torchrun prints its own ChildFailedError, never one of ours
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in ACCELERATE_CPU_CONFIG.parent.glob("*.yaml")))
+def test_every_shipped_accelerate_config_is_one_accelerate_accepts(config):
+    """Only the CPU config is launched here (no GPU); the others must at least load with accelerate's own loader."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(ACCELERATE_CPU_CONFIG.parent / config))
+    expected = {"cpu_2_processes.yaml": ("MULTI_GPU", True), "multi_gpu.yaml": ("MULTI_GPU", False),
+                "fsdp_t5.yaml": ("FSDP", False), "deepspeed_zero2.yaml": ("DEEPSPEED", False),
+                "deepspeed_zero3.yaml": ("DEEPSPEED", False)}[config]
+    assert (loaded.distributed_type.value, loaded.use_cpu) == expected
+    assert loaded.mixed_precision == ("bf16" if "deepspeed" in config else "no")
+    if config == "fsdp_t5.yaml":
+        assert loaded.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "T5Block"
+        assert loaded.fsdp_config["fsdp_use_orig_params"] is True
+    if config == "deepspeed_zero3.yaml":
+        assert loaded.deepspeed_config["zero3_save_16bit_model"] is True
