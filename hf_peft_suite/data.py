@@ -16,6 +16,7 @@ import numpy as np
 from .arguments import DataArguments
 from .errors import UsageError
 from .tiny import TINY_DATASET_NAME, build_tiny_dataset
+from .weights import first_line
 
 # ClassLabel names -> the words the model writes. Names not listed are used as they are.
 VERBALIZER = {"neg": "negative", "pos": "positive"}
@@ -65,7 +66,7 @@ def load_raw_dataset(args: DataArguments):
     except Exception as error:
         raise UsageError(
             f"cannot load the dataset {args.dataset_name!r} from the Hugging Face Hub ({type(error).__name__}: "
-            f"{_first_line(error)}). Without network access, run `--preset tiny` (built in, offline), or point "
+            f"{first_line(error)}). Without network access, run `--preset tiny` (built in, offline), or point "
             f"--dataset_name at a local copy (a folder in Hub layout, or csv/jsonl/parquet files named by split)"
         ) from None
 
@@ -83,12 +84,8 @@ def _load(load, what: str):
     except UsageError:
         raise
     except Exception as error:
-        raise UsageError(f"cannot read {what} as a dataset ({type(error).__name__}: {_first_line(error)})") from None
+        raise UsageError(f"cannot read {what} as a dataset ({type(error).__name__}: {first_line(error)})") from None
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------------------ labels

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
+from .weights import first_line
 from .methods import build_method_model, get_method
 from .tiny import TINY_MODEL_NAME, build_tiny_model, build_tiny_tokenizer
 
@@ -28,7 +29,7 @@ PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 def _unreachable(kind: str, name: str, error: Exception) -> UsageError:
     """The UsageError for a model or tokenizer that failed to load, naming the likely cause and its fix."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error)
     if "trust_remote_code" in str(error) or "custom code" in str(error):
         return UsageError(
             f"the {kind} {name!r} needs its own Python code to load, and this toolkit never runs remote or custom "
