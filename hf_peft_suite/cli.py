@@ -36,6 +36,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one experiment from the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    finished = False
     try:
         _quiet_libraries()
         if argv[:1] == ["report"]:
@@ -51,13 +52,31 @@ def main(argv: list[str] | None = None) -> int:
             run_comparison(argv)
         else:
             run_parsed_experiment(parse_arguments(argv))
+        finished = True
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group(wait_for_others=finished)
     return 0
+
+
+def _close_process_group(wait_for_others: bool) -> None:
+    """Shut the distributed process group down before the interpreter exits.
+
+    Left to interpreter shutdown, gloo's background threads can abort a process ("terminate called without an active
+    exception", exit -6) after its work is done. After a successful run every process waits for the others first; after
+    an error it does not (the others may never get there).
+    """
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    if wait_for_others:
+        distributed.barrier()
+    distributed.destroy_process_group()
 
 
 class _SubcommandParser(argparse.ArgumentParser):
