@@ -26,6 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
 from ..errors import UsageError
+from ..weights import compare_shapes, load_tensors
 
 DELTA_WEIGHTS_NAME = "model.safetensors"
 # Fields that must agree between the base a delta was trained on and the base it is loaded onto.
@@ -84,34 +85,13 @@ class DeltaModel(PreTrainedModel):
 
     def load_delta_file(self, path: str) -> None:
         """Load the delta's weights from a safetensors file, refusing wrong names, shapes or a damaged file."""
-        from safetensors.torch import load_file
-
-        try:
-            state_dict = load_file(path)
-        except Exception as error:
-            raise UsageError(
-                f"cannot read the saved delta weights {path} ({error}); the file is corrupted or truncated: "
-                f"save or download the model again"
-            ) from None
-        self.load_delta_state_dict(state_dict, source=path)
+        self.load_delta_state_dict(load_tensors(path), source=path)
 
     def load_delta_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "the given weights") -> None:
         """Copy ``state_dict`` into the delta's parameters; names and shapes must match exactly."""
         parameters = dict(self.named_parameters())
-        expected = set(self.delta_parameter_names())
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise UsageError(
-                f"{source} does not match this {type(self).__name__}: missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]} ({len(missing)} missing, {len(unexpected)} unexpected); it was saved by another "
-                f"method or with other options: load it with the config it was saved with"
-            )
-        for name, tensor in state_dict.items():
-            if tensor.shape != parameters[name].shape:
-                raise UsageError(
-                    f"{source}: {name} has shape {tuple(tensor.shape)} but this model expects "
-                    f"{tuple(parameters[name].shape)}; the delta was saved for another base model or other options"
-                )
+        expected = {name: tuple(parameters[name].shape) for name in self.delta_parameter_names()}
+        compare_shapes(expected, {name: tuple(tensor.shape) for name, tensor in state_dict.items()}, source)
         with torch.no_grad():
             for name, tensor in state_dict.items():
                 parameters[name].copy_(tensor)

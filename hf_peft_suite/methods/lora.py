@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..weights import load_tensors
 from . import Method
 from .delta import DeltaConfig, DeltaModel, delta_config_kwargs, load_base_model, register_delta_model
 
@@ -418,8 +419,6 @@ def import_from_peft(directory, base_model=None) -> LoRAModel:
     use what plain LoRA lacks (DoRA, rsLoRA, per-layer ranks, bias training, ...) or adapt only some of the layers
     their target names select are refused with a :class:`UsageError`. peft is not needed to import.
     """
-    from safetensors.torch import load_file
-
     directory = str(directory)
     config_path, weights_path = (os.path.join(directory, name) for name in (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME))
     if not os.path.isfile(config_path) or not os.path.isfile(weights_path):
@@ -441,7 +440,7 @@ def import_from_peft(directory, base_model=None) -> LoRAModel:
             f"{config_path} uses {', '.join(unsupported)}, which this scratch LoRA does not implement; "
             f"use it with --implementation library"
         )
-    weights = load_file(weights_path)
+    weights = load_tensors(weights_path)
     suffixes = tuple(f".{name}" for name in LORA_PARAMETER_NAMES)
     if any(not key.startswith(PEFT_KEY_PREFIX) or not key.endswith(suffixes) for key in weights):
         raise UsageError(f"{weights_path} has keys a plain peft LoRA does not write, e.g. {sorted(weights)[0]}")

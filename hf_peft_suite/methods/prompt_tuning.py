@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..weights import load_tensors
 from . import Method
 from .delta import (
     DeltaConfig,
@@ -346,7 +347,6 @@ def import_from_peft(directory, base_model=None, **base_model_kwargs) -> SoftPro
     (``num_transformer_submodules=2``) stores ``2n`` rows: the first ``n`` are the encoder prompt, the only ones peft's
     prompt-tuning forward uses; the unused decoder rows are dropped.
     """
-    from safetensors.torch import load_file
     from transformers.utils import cached_file
 
     source = str(directory)
@@ -365,7 +365,7 @@ def import_from_peft(directory, base_model=None, **base_model_kwargs) -> SoftPro
     num_virtual_tokens = peft_config["num_virtual_tokens"]
     submodules = peft_config.get("num_transformer_submodules") or 2  # peft's seq2seq default
     try:
-        prompt = load_file(cached_file(source, PEFT_WEIGHTS_NAME))[PEFT_PROMPT_KEY]
+        prompt = load_tensors(cached_file(source, PEFT_WEIGHTS_NAME))[PEFT_PROMPT_KEY]
     except (OSError, KeyError) as error:
         raise UsageError(
             f"{source} has no readable {PEFT_WEIGHTS_NAME} with a {PEFT_PROMPT_KEY!r} tensor ({error}); save the "
