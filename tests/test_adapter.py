@@ -174,13 +174,20 @@ def test_default_options_are_adapterhubs_own_configuration_but_for_the_init(conf
 @pytest.mark.parametrize("config", CONFIGS)
 def test_default_init_starts_from_exactly_the_base_model(implementation, config, tiny_tokenizer):
     inputs = batch(tiny_tokenizer)
+    # The scratch adapters leave T5's own forward untouched: bit-identical. AdapterHub replaces T5's attention and
+    # feed-forward code with its own, which rounds differently on some CPUs (up to 8e-7 here, even with no adapter
+    # added), so the library cell starts from the base up to that rounding.
+    tolerance = 0.0 if implementation == "scratch" else 1e-5
     with torch.no_grad():
         base_logits = tiny_t5()(**inputs).logits
         # AdapterHub's own default init ("bert": up-projection N(0, 0.02)) does not: why it is not our default.
         for init_weights, starts_from_base in (("mam_adapter", True), ("bert", False)):
             options = AdapterOptions(adapter_config=config, adapter_init_weights=init_weights)
             model = build_method_model(tiny_t5(), "adapter", implementation, options).eval()
-            assert torch.equal(model(**inputs).logits, base_logits) is starts_from_base
+            difference = max_abs_diff(model(**inputs).logits, base_logits)
+            assert (difference <= tolerance) is starts_from_base, difference
+            if not starts_from_base:
+                assert difference > 1e-3
 
 
 def test_a_deep_copy_runs_its_own_adapters(tiny_tokenizer):
