@@ -1,15 +1,21 @@
 """Command-line and JSON arguments: the project's dataclasses plus every ``Seq2SeqTrainingArguments`` flag.
 
 One run is described by flags, a JSON file, a preset, or keyword arguments of :func:`hf_peft_suite.run_experiment`;
-all four go through :func:`parse_arguments`, so they behave the same. Later sources override earlier ones:
-preset < JSON file < command-line flags.
+all four go through :func:`parse_arguments`, so they behave the same. Each source is a dictionary of argument names
+to values; later ones override earlier ones::
 
-The defaults reproduce the reference recipe (t5-small on IMDB, batch 32, AdamW at a constant learning rate, 10
-epochs, evaluation of generated label words after every epoch).
+    the dataclass defaults < the method's default learning rate < (--method all: its recommended settings)
+        < --preset < JSON file < command-line flags < keyword arguments
+
+The defaults written on the dataclasses below are the only place a default lives: they *are* the reference recipe
+(t5-small on IMDB, batch 32, AdamW at a constant learning rate, 10 epochs, evaluation of generated label words after
+every epoch), which is why ``--preset seed`` sets nothing. A method's default learning rate and recommended settings
+live with the method (``methods/<method>.py``), the tiny preset in ``presets/tiny.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -21,7 +27,9 @@ from typing import Any
 
 import torch
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+from transformers.hf_argparser import string_to_bool
 
+from .compat import apply_4_57_training_flags, default_report_to
 from .errors import UsageError
 from .methods import IMPLEMENTATIONS, METHODS
 
@@ -124,8 +132,10 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output_dir that already holds a run."}
     )
-    learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate (default: the method's documented default)."}
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={"help": "Peak learning rate (default: the method's recommended rate; 1e-5, the reference recipe's, "
+                  "when these arguments are built directly)."},
     )
     group_by_length: bool = field(
         default=False, metadata={"help": "Batch training examples of similar length together (less padding)."}
@@ -156,7 +166,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be at least 1, not {getattr(self, name)}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
+        if not self.learning_rate > 0:
             raise UsageError(
                 f"--learning_rate must be positive, not {self.learning_rate}; leave it out for the method's default"
             )
@@ -167,14 +177,8 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             )
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
-        if self.report_to is None:  # transformers 4.57 would report to every installed tracker
-            self.report_to = "none"
-        if "train_sampling_strategy" in {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}:
-            # transformers 5 spells these differently; accept the 4.57 flags on both
-            if self.group_by_length:
-                self.train_sampling_strategy = "group_by_length"
-            if self.warmup_ratio and not self.warmup_steps:
-                self.warmup_steps = self.warmup_ratio  # a float in [0, 1) is a ratio on 5.x
+        default_report_to(self)
+        apply_4_57_training_flags(self)
         try:
             super().__post_init__()
         except UsageError:
@@ -185,13 +189,18 @@ class TrainingArguments(Seq2SeqTrainingArguments):
 
 @dataclass
 class ParsedArguments:
-    """Everything one run needs, as parsed from flags, JSON, presets or keyword arguments."""
+    """Everything one run needs, as parsed from flags, JSON, presets or keyword arguments.
+
+    ``origins`` says which source set each argument that is not at its dataclass default (``"command line"``,
+    ``"preset tiny"``, ``"method default"``, ...).
+    """
 
     model: ModelArguments
     data: DataArguments
     experiment: ExperimentArguments
     training: TrainingArguments
     method_options: dict[str, Any]
+    origins: dict[str, str] = field(default_factory=dict)
 
     @property
     def options(self):
@@ -209,6 +218,7 @@ class ParsedArguments:
         }
 
 
+# ----------------------------------------------------------------------------------------------------- the parser
 class _Parser(HfArgumentParser):
     """An ``HfArgumentParser`` whose errors are one line, not the usage of two hundred flags."""
 
@@ -216,21 +226,69 @@ class _Parser(HfArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def _option_classes() -> dict[str, type]:
-    return {name: method.options for name, method in METHODS.items() if method.options is not None}
+def _argument_classes() -> list[type]:
+    options = [method.options for method in METHODS.values() if method.options is not None]
+    return [ModelArguments, DataArguments, ExperimentArguments, *options, TrainingArguments]
 
 
 def build_parser() -> HfArgumentParser:
     """The parser over every dataclass: model, data, experiment, each method's options, training."""
-    classes = [ModelArguments, DataArguments, ExperimentArguments, *_option_classes().values(), TrainingArguments]
-    return _Parser(classes)
+    return _Parser(_argument_classes())
 
 
 def all_argument_names() -> set[str]:
-    classes = [ModelArguments, DataArguments, ExperimentArguments, *_option_classes().values(), TrainingArguments]
-    return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+    return {f.name for cls in _argument_classes() for f in dataclasses.fields(cls) if f.init}
 
 
+def _actions_by_name(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Each argument's action (for booleans, the ``--name`` one rather than ``--no_name``)."""
+    actions = {}
+    for action in parser._actions:
+        if action.dest != "help" and (action.dest not in actions or f"--{action.dest}" in action.option_strings):
+            actions[action.dest] = action
+    return actions
+
+
+def parse_flags(argv: list[str], parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
+    """The arguments a command line gives, typed by the parser, and only those (defaults are not filled in)."""
+    parser = parser or build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [item for item in unknown if item.startswith("-")] or unknown
+        close = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], all_argument_names(), n=1)
+        hint = f"; did you mean --{close[0]}?" if close else "; see --help for the valid flags"
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return vars(namespace)
+
+
+def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
+    """``value`` (from JSON, a preset or a keyword) as the parser would have typed it on the command line."""
+    if value is None or isinstance(value, dict):  # None: unset; dicts (fsdp_config, ...): TrainingArguments reads them
+        return value
+    if action.nargs in ("+", "*"):
+        return [_coerce_one(action, item, where) for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if isinstance(value, (list, tuple)):  # report_to ["tensorboard"], ...: TrainingArguments reads them
+        return list(value)
+    return _coerce_one(action, value, where)
+
+
+def _coerce_one(action: argparse.Action, value: Any, where: str) -> Any:
+    convert = action.type or str
+    try:
+        if isinstance(value, bool) and convert is not string_to_bool:
+            raise ValueError("a true/false value for an option that is not a switch")
+        result = value if isinstance(value, bool) else convert(str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        raise UsageError(f"{where}: {action.dest} = {value!r} is not valid ({error})") from None
+    if action.choices is not None and result not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise UsageError(f"{where}: {action.dest} = {value!r} is not one of {choices}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------ presets and JSON files
 def _presets_folder():
     return resources.files("hf_peft_suite") / "presets"
 
@@ -251,11 +309,13 @@ def load_json_config(path: str | Path) -> dict[str, Any]:
     """A whole run as a JSON object of argument names to values; unknown keys are refused."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} does not exist; give the path of a JSON file such as configs/tiny.json")
+        raise UsageError(f"config file {path} does not exist; give the path of a JSON file such as configs/compare.json")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UsageError(f"config file {path} is not valid JSON: {error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text; save it as UTF-8 JSON") from None
     if not isinstance(config, dict):
         raise UsageError(f"config file {path} must hold one JSON object of argument names to values")
     check_known_keys(config, f"config file {path}")
@@ -269,7 +329,12 @@ def check_known_keys(config: dict[str, Any], source: str) -> None:
         if key.startswith("_"):  # comments, such as "_source": where the values come from
             continue
         if key == PER_METHOD_KEY:
-            for method, settings in (value or {}).items():
+            if not isinstance(value, dict) or not all(isinstance(item, dict) for item in value.values()):
+                raise UsageError(
+                    f"{source}: {PER_METHOD_KEY} must map method names to objects of settings, e.g. "
+                    f'{{"lora": {{"learning_rate": 0.01}}}}'
+                )
+            for method, settings in value.items():
                 if method not in METHODS:
                     raise UsageError(f"{source}: {PER_METHOD_KEY} names an unknown method {method!r}")
                 check_known_keys(settings, f"{source} ({PER_METHOD_KEY}.{method})")
@@ -280,91 +345,110 @@ def check_known_keys(config: dict[str, Any], source: str) -> None:
 
 
 def settings_for_method(settings: dict[str, Any], method: str) -> dict[str, Any]:
-    """``settings`` with its ``per_method`` section for ``method`` merged in (that section wins)."""
-    settings = dict(settings)
-    per_method = settings.pop(PER_METHOD_KEY, None) or {}
-    return {**settings, **per_method.get(method, {})}
+    """``settings`` with its ``per_method`` section for ``method`` merged in (that section wins); comments dropped."""
+    per_method = settings.get(PER_METHOD_KEY) or {}
+    merged = {**settings, **per_method.get(method, {})}
+    return {key: value for key, value in merged.items() if key != PER_METHOD_KEY and not key.startswith("_")}
 
 
-def config_to_argv(config: dict[str, Any]) -> list[str]:
-    """Turn ``{"lora_r": 8, "label_words": ["a", "b"], "bf16": true}`` into the equivalent command-line flags."""
-    argv: list[str] = []
-    for key, value in config.items():
-        if value is None or key.startswith("_"):
-            continue
-        if isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+# ------------------------------------------------------------------------------------------------ the sources
+@dataclass
+class Sources:
+    """Where one run's settings come from, each a dictionary of argument names to values (see the module docstring).
+
+    Build it with :func:`collect_sources`; :meth:`layers` gives them in order, lowest first.
+    """
+
+    flags: dict[str, Any]
+    keywords: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    config_path: str | None = None
+    preset: dict[str, Any] = field(default_factory=dict)
+
+    def _given(self, name: str) -> Any:
+        for layer in (self.keywords, self.flags, self.config, self.preset):
+            if layer.get(name) is not None:
+                return layer[name]
+        return None
+
+    @property
+    def method(self) -> str:
+        """The ``--method`` asked for (``all`` included); ``full`` when none is."""
+        return self._given("method") or "full"
+
+    def setting(self, name: str) -> Any:
+        """The value a user gave for ``name`` in any source (the last one wins), or ``None``."""
+        return self._given(name)
+
+    def layers(self, base_settings: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """``(origin, settings)`` lowest first, for :attr:`method` (``per_method`` sections merged in)."""
+        method = self.method
+        default_rate = {"learning_rate": METHODS[method].default_learning_rate} if method in METHODS else {}
+        preset_name = self._given("preset")
+        return [
+            ("method default", default_rate),
+            ("recommended settings", settings_for_method(base_settings or {}, method)),
+            (f"preset {preset_name}", settings_for_method(self.preset, method)),
+            (f"config file {self.config_path}", settings_for_method(self.config, method)),
+            ("command line", self.flags),
+            ("keyword arguments", self.keywords),
+        ]
 
 
-def _split_sources(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """(preset settings, JSON file settings, remaining flags) of a command line."""
-    argv = list(argv)
-    config: dict[str, Any] = {}
+def collect_sources(argv: list[str] | None = None, **keywords: Any) -> Sources:
+    """Read a command line (an optional JSON file first, then flags), the preset it names, and keyword arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if keywords:
+        check_known_keys(keywords, "run_experiment()")
+    config, config_path = {}, None
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
-        config = load_json_config(argv.pop(0))
-    preset_name = _flag_value(argv, "--preset") or config.get("preset")
-    preset = load_preset(preset_name) if preset_name else {}
-    return preset, config, argv
+        config_path = argv.pop(0)
+        config = load_json_config(config_path)
+    sources = Sources(flags=parse_flags(argv), keywords=keywords, config=config, config_path=config_path)
+    preset_name = sources.setting("preset")
+    if preset_name:
+        sources.preset = load_preset(preset_name)
+    return sources
 
 
-def _method_of(preset: dict[str, Any], config: dict[str, Any], flags: list[str]) -> str:
-    return _flag_value(flags, "--method") or config.get("method") or preset.get("method") or "full"
+def parse_arguments(
+    argv: list[str] | None = None, base_settings: dict[str, Any] | None = None, **keywords: Any
+) -> ParsedArguments:
+    """Parse a command line (``argv``; ``sys.argv`` when ``None``) and keyword arguments into :class:`ParsedArguments`.
+
+    ``base_settings`` (a method's recommended settings, in the comparison) come just above the method's default
+    learning rate; keyword arguments override everything.
+    """
+    return parse_sources(collect_sources(argv, **keywords), base_settings)
+
+
+def parse_sources(sources: Sources, base_settings: dict[str, Any] | None = None, **keywords: Any) -> ParsedArguments:
+    """Layer ``sources`` (plus ``keywords`` on top) into the dataclasses of one run."""
+    if keywords:
+        sources = dataclasses.replace(sources, keywords={**sources.keywords, **keywords})
+    actions = _actions_by_name(build_parser())
+    settings, origins = {}, {}
+    for origin, layer in sources.layers(base_settings):
+        for name, value in layer.items():
+            if value is None:
+                continue
+            settings[name] = value if origin == "command line" else _coerce(actions[name], value, origin)
+            origins[name] = origin
+    built = {}
+    for cls in _argument_classes():
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        built[cls] = cls(**{name: value for name, value in settings.items() if name in names})
+    option_classes = {name: method.options for name, method in METHODS.items() if method.options is not None}
+    return ParsedArguments(
+        model=built[ModelArguments],
+        data=built[DataArguments],
+        experiment=built[ExperimentArguments],
+        training=built[TrainingArguments],
+        method_options={name: built[cls] for name, cls in option_classes.items()},
+        origins=origins,
+    )
 
 
 def requested_method(argv: list[str]) -> str:
     """The ``--method`` a command line asks for, from its flags, JSON file or preset (``all`` included)."""
-    return _method_of(*_split_sources(argv))
-
-
-def _expand_sources(argv: list[str], base_settings: dict[str, Any] | None = None) -> list[str]:
-    """Order the sources so later ones win: base settings < preset < JSON file < flags."""
-    preset, config, argv = _split_sources(argv)
-    method = _method_of(preset, config, argv)
-    return (
-        config_to_argv(settings_for_method(base_settings or {}, method))
-        + config_to_argv(settings_for_method(preset, method))
-        + config_to_argv(settings_for_method(config, method))
-        + argv
-    )
-
-
-def _flag_value(argv: list[str], flag: str) -> str | None:
-    value = None
-    for index, item in enumerate(argv):
-        if item == flag and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif item.startswith(flag + "="):
-            value = item.split("=", 1)[1]
-    return value
-
-
-def parse_arguments(
-    argv: list[str] | None = None, base_settings: dict[str, Any] | None = None, **overrides: Any
-) -> ParsedArguments:
-    """Parse command-line flags (``argv``), then apply keyword ``overrides`` (the Python API's arguments).
-
-    ``base_settings`` (a method's recommended settings, in the comparison) come before everything else.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if overrides:
-        check_known_keys(overrides, "run_experiment()")
-        argv += config_to_argv(overrides)
-    argv = _expand_sources(argv, base_settings)
-    parser = build_parser()
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        flags = [item for item in unknown if item.startswith("-")] or unknown
-        close = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], all_argument_names(), n=1)
-        hint = f"; did you mean --{close[0]}?" if close else "; see --help for the valid flags"
-        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}{hint}")
-    model, data, experiment, *options, training = parsed
-    option_classes = list(_option_classes())
-    return ParsedArguments(model, data, experiment, training, dict(zip(option_classes, options)))
-
+    return collect_sources(argv).method

@@ -6,7 +6,9 @@
   Hugging Face Hub (what ``--push_to_hub`` does after training).
 
 Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works (``--help`` lists them). A user's
-mistake prints one line, ``error: <problem and fix>``, and exits with code 2; never a traceback.
+mistake (a :class:`~hf_peft_suite.errors.UsageError`) prints one line, ``error: <problem and fix>``, and exits with
+code 2; anything else is a bug and shows its traceback. ``HF_PEFT_SUITE_TRACEBACK=1`` shows the traceback of a
+``UsageError`` too, for bug reports.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from .errors import UsageError
 
 EXIT_USAGE = 2
+TRACEBACK_VARIABLE = "HF_PEFT_SUITE_TRACEBACK"
 
 
 def _quiet_libraries() -> None:
@@ -26,7 +30,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()  # transformers 5 draws one while writing each model shard
+    transformers_logging.disable_progress_bar()  # (transformers 5 draws one while writing each model shard)
     logging.getLogger("datasets").setLevel(logging.ERROR)
     import datasets
 
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             run_parsed_experiment(parse_arguments(argv))
         finished = True
     except UsageError as error:
+        if os.environ.get(TRACEBACK_VARIABLE, "").lower() in ("1", "true", "yes"):
+            traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

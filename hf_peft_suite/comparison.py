@@ -1,8 +1,8 @@
 """``--method all``: every installed method x implementation, one output folder, one comparison table.
 
-Each cell runs with its method's recommended settings (``hf_peft_suite/presets/recommended/<method>.json``, also
-reachable as ``configs/recommended/``; each file says where its values come from), then the preset, the JSON file and
-the flags on top, into ``OUTPUT_DIR/<method>-<implementation>/``. A cell that fails is recorded in its folder's
+Each cell runs with its method's recommended settings (``METHOD.recommended`` in ``hf_peft_suite/methods/<method>.py``,
+with where its values come from), then the preset, the JSON file and the flags on top, into
+``OUTPUT_DIR/<method>-<implementation>/``. A cell that fails is recorded in its folder's
 ``error.json`` and does not stop the others. Running the same command again skips finished cells (those with a
 ``results.json``) and redoes failed or missing ones. At the end ``comparison.{md,csv,json,png}`` are written.
 """
@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import traceback
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
-from .arguments import _flag_value, _split_sources, parse_arguments
+from .arguments import collect_sources, parse_sources
 from .errors import UsageError
-from .methods import METHODS, library_problem
-from .report import ERROR_NAME, RESULTS_NAME, write_report
+from .files import ERROR_NAME, RESULTS_NAME
+from .methods import METHODS, get_method, library_problem
+from .report import write_report
 
 
 def recommended_settings(method: str) -> dict:
-    """The recommended settings for ``method`` (empty if the package ships none)."""
-    path = resources.files("hf_peft_suite") / "presets" / "recommended" / f"{method}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The recommended settings for ``method``: argument name -> value (their source: ``METHOD.recommended.source``)."""
+    return dict(get_method(method).recommended.settings)
 
 
 def comparison_cells() -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
@@ -43,34 +43,13 @@ def comparison_cells() -> tuple[list[tuple[str, str]], list[tuple[str, str, str]
     return cells, skipped
 
 
-def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
-    """``argv`` less the given flags and their values (``--flag value`` and ``--flag=value``)."""
-    kept, skip_next = [], False
-    for item in argv:
-        if skip_next:
-            skip_next = False
-            continue
-        if item in flags:
-            skip_next = True
-            continue
-        if any(item.startswith(flag + "=") for flag in flags):
-            continue
-        kept.append(item)
-    return kept
-
-
 def run_comparison(argv: list[str]) -> Path:
     """Run every cell (see the module docstring); returns the output folder holding the comparison files."""
     from .experiment import run_parsed_experiment
 
-    preset, config, flags = _split_sources(argv)
-    output_dir = _flag_value(flags, "--output_dir") or config.get("output_dir") or preset.get("output_dir")
-    if not output_dir:
-        output_dir = f"outputs/compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    output_dir = Path(output_dir)
+    sources = collect_sources(argv)
+    output_dir = Path(sources.setting("output_dir") or f"outputs/compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     cells, skipped = comparison_cells()
-    cell_argv = _without_flags(argv, ("--method", "--implementation", "--output_dir"))
-    # A JSON file's own method/output_dir keys are overridden by the flags added below.
     for method, implementation, reason in skipped:
         print(f"skipping {method} / {implementation}: {reason}")
         _record_problem(output_dir / f"{method}-{implementation}", method, implementation, reason, "skipped")
@@ -83,13 +62,15 @@ def run_comparison(argv: list[str]) -> Path:
             shutil.rmtree(cell_dir)
         print(f"\n=== {method} / {implementation} -> {cell_dir}")
         try:
-            parsed = parse_arguments(
-                [*cell_argv, "--method", method, "--implementation", implementation, "--output_dir", str(cell_dir)],
-                base_settings=recommended_settings(method),
-            )
+            parsed = parse_sources(sources, base_settings=recommended_settings(method), method=method,
+                                   implementation=implementation, output_dir=str(cell_dir))
             run_parsed_experiment(parsed)
-        except Exception as error:  # one failing cell must not stop the others
-            message = str(error) if isinstance(error, UsageError) else f"{type(error).__name__}: {error}"
+        except Exception as error:  # the comparison's boundary: one failing cell must not stop the others
+            if isinstance(error, UsageError):
+                message = str(error)
+            else:  # a bug, not the user's input: show where it happened
+                message = f"{type(error).__name__}: {error}"
+                traceback.print_exc(file=sys.stderr)
             print(f"{method} / {implementation} FAILED: {message}")
             _record_problem(cell_dir, method, implementation, message, "failed", traceback.format_exc())
     paths = write_report([output_dir])

@@ -63,7 +63,8 @@ def load_raw_dataset(args: DataArguments):
         raise UsageError(f"dataset path {args.dataset_name} does not exist; give an existing folder or file")
     try:
         return load_dataset(args.dataset_name, args.dataset_config_name)
-    except Exception as error:
+    except _dataset_errors() as error:
+        error = _root_cause(error)
         raise UsageError(
             f"cannot load the dataset {args.dataset_name!r} from the Hugging Face Hub ({type(error).__name__}: "
             f"{first_line(error)}). Without network access, run `--preset tiny` (built in, offline), or point "
@@ -78,13 +79,28 @@ def _file_builder(path: str) -> str:
     return FILE_BUILDERS[suffix]
 
 
+def _dataset_errors() -> tuple[type[BaseException], ...]:
+    """What ``load_dataset`` raises for data it cannot reach or read: ``OSError`` (missing, offline), ``ValueError``
+    (bad CSV or JSON, not UTF-8, no data files), ``KeyError``, Arrow's errors, and datasets' generation error."""
+    import pyarrow
+    from datasets.exceptions import DatasetGenerationError
+
+    return (OSError, ValueError, KeyError, pyarrow.ArrowException, DatasetGenerationError)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The exception at the bottom of a chain: datasets wraps the real problem in a DatasetGenerationError."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def _load(load, what: str):
     try:
         return load()
-    except UsageError:
-        raise
-    except Exception as error:
-        raise UsageError(f"cannot read {what} as a dataset ({type(error).__name__}: {first_line(error)})") from None
+    except _dataset_errors() as error:
+        cause = _root_cause(error)
+        raise UsageError(f"cannot read {what} as a dataset ({type(cause).__name__}: {first_line(cause)})") from None
 
 
 

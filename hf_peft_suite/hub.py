@@ -27,11 +27,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .compat import hub_revision
 from .errors import UsageError
+from .files import ARTIFACT_FOLDER, MODEL_CARD_NAME, RESULTS_NAME
+from .run_folder import write_results
 from .tiny import TINY_MODEL_NAME
 from .weights import first_line
 
-MODEL_CARD_NAME = "README.md"
 # What is pushed from output_dir/model/: weights (safetensors only) and their configs.
 PUSHED_FILE_PATTERNS = (
     "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
@@ -63,7 +65,7 @@ def push_settings(training, output_dir: str | os.PathLike) -> PushSettings | Non
         repo_id=repo_id,
         token=hub_token(training.hub_token),
         private=training.hub_private_repo,
-        revision=getattr(training, "hub_revision", None),
+        revision=hub_revision(training),
     )
 
 
@@ -283,15 +285,12 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str | None = None, token
                 private: bool | None = None, revision: str | None = None) -> dict:
     """Push a finished run (``hf-peft-suite push OUTPUT_DIR``): see :func:`push_run`. ``repo_id`` defaults to the
     folder's name; the push is recorded under ``"hub"`` in its ``results.json``."""
-    from .experiment import RESULTS_NAME
-
     repo_id = repo_id or Path(output_dir).absolute().name
     check_repo_id(repo_id)
     record = push_run(output_dir, PushSettings(repo_id, hub_token(token), private, revision))
-    results_path = Path(output_dir) / RESULTS_NAME
-    results = json.loads(results_path.read_text())
+    results = json.loads((Path(output_dir) / RESULTS_NAME).read_text())
     results["hub"] = record
-    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_results(output_dir, results)
     return record
 
 
@@ -300,8 +299,6 @@ def push_run(output_dir: str | os.PathLike, settings: PushSettings) -> dict:
 
     A failed upload is a :class:`UsageError` that says how to try again; the run's files are untouched.
     """
-    from .experiment import ARTIFACT_FOLDER, RESULTS_NAME
-
     output_dir = Path(output_dir)
     artifact_dir, results_path = output_dir / ARTIFACT_FOLDER, output_dir / RESULTS_NAME
     if not results_path.is_file() or not artifact_dir.is_dir():
@@ -318,9 +315,7 @@ def push_run(output_dir: str | os.PathLike, settings: PushSettings) -> dict:
                   f"{_metric(results['final_metrics'].get('eval_accuracy'))} (hf_peft_suite)"
         try:
             url = upload_folder_to_hub(staging, settings, message)
-        except UsageError:
-            raise
-        except Exception as error:
+        except (OSError, ValueError) as error:  # unreachable, refused (HfHubHTTPError is an OSError), invalid
             raise UsageError(
                 f"pushing {artifact_dir} to {settings.repo_id!r} failed ({type(error).__name__}: {first_line(error)}); "
                 f"the run is saved: push it again with `hf-peft-suite push {output_dir} --hub_model_id "

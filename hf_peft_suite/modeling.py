@@ -1,4 +1,4 @@
-"""Load the tokenizer and base model, apply a method, count parameters, save the trained artifact.
+"""Load the tokenizer and base model, apply a method, count parameters.
 
 Models load with safetensors only (a folder holding only pickled ``.bin`` weights is refused, never unpickled) and
 never run remote code (``trust_remote_code=False``: a model that needs its own code is refused, without a prompt).
@@ -25,6 +25,15 @@ OFFLINE_HINT = (
 
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _loading_errors() -> tuple[type[BaseException], ...]:
+    """What ``from_pretrained`` raises for a name it cannot reach or a folder it cannot read: ``OSError`` (missing,
+    offline, no safetensors), ``ValueError`` (unknown architecture, custom code refused, bad JSON), ``KeyError``
+    (a config without ``model_type``) and safetensors' error for a damaged weights file. Anything else is a bug."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, SafetensorError)
 
 
 def _unreachable(kind: str, name: str, error: Exception) -> UsageError:
@@ -70,7 +79,7 @@ def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path:
     check_local_path(name, "tokenizer" if tokenizer_name_or_path else "model")
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except Exception as error:
+    except _loading_errors() as error:
         raise _unreachable("tokenizer", name, error) from None
 
 
@@ -85,7 +94,7 @@ def load_model_config(model_name_or_path: str):
     check_local_path(model_name_or_path, "model")
     try:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=False)
-    except Exception as error:
+    except _loading_errors() as error:
         raise _unreachable("model", model_name_or_path, error) from None
     if not getattr(config, "is_encoder_decoder", False):
         raise UsageError(
@@ -110,9 +119,7 @@ def load_base_model(model_name_or_path: str = "t5-small", random_init: bool = Fa
         return model
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, use_safetensors=True, trust_remote_code=False)
-    except UsageError:
-        raise
-    except Exception as error:  # OSError, ValueError, safetensors' SafetensorError for a damaged file
+    except _loading_errors() as error:
         raise _unreachable("model", model_name_or_path, error) from None
 
 
@@ -154,20 +161,3 @@ def count_parameters(model) -> dict[str, float]:
         total += parameter.numel()
         trainable += parameter.numel() if parameter.requires_grad else 0
     return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}
-
-
-def save_artifact(model, method: str, implementation: str, directory: str | os.PathLike, state_dict=None) -> None:
-    """Write what a user loads later: the whole model for full fine-tuning, only the delta for PEFT methods.
-
-    The same files make the trainable part of a Trainer checkpoint. ``state_dict`` is the full state dict Trainer
-    gathers under FSDP or DeepSpeed (``None``: the model's own). peft adapters are saved without embedding layers
-    (no method here trains them): peft would otherwise look the base model up on the Hub to decide.
-    AdapterHub's ``save_adapter`` takes no state dict, so that cell runs without FSDP/DeepSpeed sharding.
-    """
-    chosen = get_method(method)
-    if implementation == "library" and chosen.save_library is not None:
-        chosen.save_library(model, str(directory))
-    elif implementation == "library" and chosen.library_module == "peft":
-        model.save_pretrained(str(directory), state_dict=state_dict, save_embedding_layers=False)
-    else:
-        model.save_pretrained(str(directory), state_dict=state_dict)

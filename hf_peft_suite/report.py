@@ -12,9 +12,7 @@ import math
 from pathlib import Path
 
 from .errors import UsageError
-
-RESULTS_NAME = "results.json"
-ERROR_NAME = "error.json"
+from .files import ERROR_NAME, RESULTS_NAME
 COLUMNS = [
     ("method", "method"),
     ("implementation", "implementation"),

@@ -12,33 +12,35 @@ evaluated by this one class, so all are measured the same way:
   of the eval dataset (evaluation never reorders it, also not under ``--group_by_length``);
 - ``--group_by_length`` batches are drawn from the seed and the epoch (:class:`EpochSeededLengthGroupedSampler`), so a
   run resumed mid-epoch sees the batches the interrupted run would have seen;
-- checkpoints hold what the cell trains: ``save_trainable`` / ``load_trainable`` write and read the trainable weights
-  in the cell's own format (AdapterHub's ``save_pretrained`` would write the whole model), and resuming refuses a
-  checkpoint whose weights do not match the model's trainable parameters (another method, other options, another
+- checkpoints hold what the cell trains: the cell's :class:`~hf_peft_suite.methods.formats.ArtifactFormat` writes
+  and reads its trainable weights (AdapterHub's ``save_pretrained`` would write the whole model), and resuming refuses
+  a checkpoint whose weights do not match the model's trainable parameters (another method, other options, another
   base) or cannot be read, with a :class:`~hf_peft_suite.errors.UsageError` instead of a silent partial load.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-from typing import Any, Callable
+import pickle
+from typing import Callable
 
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import has_length
 
 from .errors import UsageError
+from .methods.formats import ArtifactFormat
 from .metrics import LabelScorer
-from .weights import compare_shapes, config_differences, first_line, tensor_shapes
+from .weights import first_line
 
-TRAINING_ARGS_NAME = "training_args.bin"
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+# What loading a damaged or foreign checkpoint raises (safetensors' SafetensorError is added where it is used):
+# a missing or unreadable file, a size mismatch in load_state_dict, a refused or truncated pickle.
+CHECKPOINT_LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError)
 
 
 class GenerationAccuracyTrainer(Seq2SeqTrainer):
@@ -47,11 +49,9 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
     Args:
         label_words: the word for each class id, as in the training targets.
         processing_class: the tokenizer (needed to decode generations).
-        save_trainable: ``(model, directory, state_dict) -> None`` writing the model's trainable weights (and their
-            config) for checkpoints and ``save_model``; ``state_dict`` is the full state dict Trainer gathers under
-            FSDP or DeepSpeed, ``None`` otherwise. ``None`` means the model's own ``save_pretrained``.
-        load_trainable: ``(model, directory) -> None`` loading what ``save_trainable`` wrote, to resume; ``None``
-            means ``Trainer``'s own loading (``model.safetensors`` or a peft adapter), checked against the model.
+        artifact_format: how the cell writes, checks and reads its trainable weights in checkpoints and
+            ``save_model`` (``get_method(name).artifact_format(implementation)``); ``None``: the model's own
+            ``save_pretrained`` and ``Trainer``'s loading, with the load result checked against the model.
         Everything else as for ``Seq2SeqTrainer``; ``args.predict_with_generate`` must be true.
     """
 
@@ -60,15 +60,13 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
         *args,
         label_words: list[str],
         processing_class=None,
-        save_trainable: Callable[[Any, str, dict | None], None] | None = None,
-        load_trainable: Callable[[Any, str], None] | None = None,
+        artifact_format: ArtifactFormat | None = None,
         **kwargs,
     ):
         if processing_class is None:
             raise ValueError("GenerationAccuracyTrainer needs processing_class=<the tokenizer> to decode generations")
         self.scorer = LabelScorer(processing_class, label_words)
-        self.save_trainable = save_trainable
-        self.load_trainable = load_trainable
+        self.artifact_format = artifact_format or ArtifactFormat()
         self._expected_eval_examples: int | None = None
         self.last_eval_class_ids: dict[str, list[int]] | None = None
         kwargs.setdefault("compute_metrics", self._compute_metrics)
@@ -126,30 +124,34 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None):
         """Write the trainable weights in the cell's format, the tokenizer and the training arguments."""
-        if self.save_trainable is None:
-            return super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return None
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        self.save_trainable(self.accelerator.unwrap_model(self.model), output_dir, state_dict)
+        self.artifact_format.save(self.accelerator.unwrap_model(self.model), output_dir, state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))  # as Trainer does (a pickle)
         return None
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        model = model if model is not None else self.model
+    def check_checkpoint(self, checkpoint: str) -> None:
+        """Refuse, before anything is loaded, a checkpoint this model cannot resume from (see the module docstring)."""
         try:
-            if self.load_trainable is not None:
-                self.load_trainable(model, resume_from_checkpoint)
-                return
-            check_checkpoint_config(model, resume_from_checkpoint)
-            check_checkpoint_weights(model, resume_from_checkpoint)
-            super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+            self.artifact_format.check(self.accelerator.unwrap_model(self.model), checkpoint)
+        except UsageError as error:
+            raise UsageError(f"cannot resume from {checkpoint}: {error}") from None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from safetensors import SafetensorError
+
+        model = model if model is not None else self.model
+        self.check_checkpoint(resume_from_checkpoint)
+        try:
+            if not self.artifact_format.load(model, resume_from_checkpoint):
+                super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         except UsageError as error:
             raise UsageError(f"cannot resume from {resume_from_checkpoint}: {error}") from None
-        except Exception as error:  # a damaged file, a shape mismatch: the user's checkpoint, not our bug
+        except (SafetensorError, *CHECKPOINT_LOAD_ERRORS) as error:  # a damaged file, a shape mismatch
             raise UsageError(
                 f"cannot resume from {resume_from_checkpoint}: its weights cannot be loaded into this model "
                 f"({type(error).__name__}: {first_line(error)}); resume from an earlier checkpoint, or start again"
@@ -183,9 +185,7 @@ def _refusing_unloadable_state(checkpoint, what: str):
     (or a damaged file) is refused there, unexecuted; say so as a UsageError instead of a traceback."""
     try:
         yield
-    except UsageError:
-        raise
-    except Exception as error:
+    except CHECKPOINT_LOAD_ERRORS as error:
         raise UsageError(
             f"cannot resume from {checkpoint}: its {what} cannot be loaded ({type(error).__name__}: "
             f"{first_line(error)}); resume from another checkpoint, or with the arguments of the run that wrote it"
@@ -212,56 +212,3 @@ class EpochSeededLengthGroupedSampler(torch.utils.data.Sampler):
         epoch = math.floor((self.epoch_of() or 0.0) + 1e-6)
         self.sampler.generator = torch.Generator().manual_seed(self.seed + epoch)
         return iter(self.sampler)
-
-
-def is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
-def check_checkpoint_config(model, checkpoint: str) -> None:
-    """A hand-written delta's or peft adapter's checkpoint must have been saved with this run's options."""
-    from .methods.delta import DeltaModel
-
-    if isinstance(model, DeltaModel):
-        path, current = os.path.join(checkpoint, "config.json"), model.config.to_dict()
-    elif is_peft_model(model):
-        path, current = os.path.join(checkpoint, PEFT_CONFIG_NAME), model.peft_config["default"].to_dict()
-    else:
-        return
-    if not os.path.isfile(path):
-        raise UsageError(f"it holds no {os.path.basename(path)}, so it was not written by this method")
-    with open(path, encoding="utf-8") as file:
-        saved = json.load(file)
-    differences = config_differences(saved, current)
-    if differences:
-        raise UsageError(
-            f"it was saved with other options ({'; '.join(differences[:3])}); resume with the arguments of the run "
-            f"that wrote it"
-        )
-
-
-def check_checkpoint_weights(model, checkpoint: str) -> None:
-    """The checkpoint's weights file must be readable and, for a delta or a peft adapter, hold exactly the tensors
-    (names and shapes) that the model's ``save_pretrained`` writes; a full model is checked after loading
-    (:meth:`GenerationAccuracyTrainer._issue_warnings_after_load`)."""
-    from .methods.delta import DELTA_WEIGHTS_NAME, DeltaModel
-
-    if is_peft_model(model):
-        from peft import get_peft_model_state_dict
-
-        path = os.path.join(checkpoint, PEFT_WEIGHTS_NAME)
-        expected = get_peft_model_state_dict(model, save_embedding_layers=False)
-    else:
-        path = os.path.join(checkpoint, DELTA_WEIGHTS_NAME)
-        expected = model.delta_state_dict() if isinstance(model, DeltaModel) else None
-    if not os.path.isfile(path):
-        if expected is None and os.path.isfile(path + ".index.json"):
-            return  # a sharded full model: Trainer loads the shards, then the load result is checked
-        raise UsageError(f"it holds no {os.path.basename(path)}, the weights this model saves")
-    saved = tensor_shapes(path)
-    if expected is not None:
-        compare_shapes({name: tuple(tensor.shape) for name, tensor in expected.items()}, saved, path)

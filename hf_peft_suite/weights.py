@@ -7,6 +7,9 @@ not a silent partial load or a traceback. Only safetensors headers and JSON are 
 
 from __future__ import annotations
 
+import json
+import os
+
 from .errors import UsageError
 
 # Config fields that may differ between a saved config and the model it is loaded into (paths, versions, modes).
@@ -48,6 +51,35 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return differences
 
 
+def check_saved_config(path: str, current: dict, section: str | None = None) -> None:
+    """The JSON config at ``path`` (its ``section`` object, if given) must exist, be readable and agree with
+    ``current`` (paths and versions aside)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"it holds no {os.path.basename(path)}, so it was not written by this method")
+    try:
+        with open(path, encoding="utf-8") as file:
+            saved = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} is damaged ({first_line(error)}); the file is truncated or not JSON") from None
+    if section is not None and isinstance(saved, dict):
+        saved = saved.get(section)
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path} is damaged: it holds no JSON object{f' {section!r}' if section else ''}")
+    differences = config_differences(saved, current)
+    if differences:
+        raise UsageError(
+            f"it was saved with other options ({'; '.join(differences[:3])}); resume with the arguments of the run "
+            f"that wrote it"
+        )
+
+
+def _safetensors_errors() -> tuple[type[BaseException], ...]:
+    """What reading a missing, truncated or corrupted safetensors file raises."""
+    from safetensors import SafetensorError
+
+    return (SafetensorError, OSError)
+
+
 def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the tensors in a safetensors file, from its header; a damaged file is a UsageError."""
     from safetensors import safe_open
@@ -55,7 +87,7 @@ def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     try:
         with safe_open(path, framework="pt") as file:
             return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
-    except Exception as error:
+    except _safetensors_errors() as error:
         raise UsageError(f"cannot read {path} ({first_line(error)}); the file is corrupted or truncated") from None
 
 
@@ -65,7 +97,7 @@ def load_tensors(path: str) -> dict:
 
     try:
         return load_file(path)
-    except Exception as error:
+    except _safetensors_errors() as error:
         raise UsageError(f"cannot read {path} ({first_line(error)}); the file is corrupted or truncated") from None
 
 

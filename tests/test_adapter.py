@@ -15,14 +15,13 @@ from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, T5Config, T5Fo
 
 from hf_peft_suite.errors import UsageError
 from hf_peft_suite.methods import build_method_model, library_problem
+from hf_peft_suite.files import ADAPTERHUB_CONFIG_NAME, ADAPTERHUB_WEIGHTS_NAME
 from hf_peft_suite.methods.adapter import (
-    ADAPTERHUB_CONFIG_NAME,
-    ADAPTERHUB_WEIGHTS_NAME,
+    ADAPTERHUB_ADAPTER,
     METHOD,
     AdapterOptions,
     BottleneckAdapter,
     BottleneckAdapterModel,
-    adapter_parameter_count,
     adapterhub_config,
     adapterhub_name,
     build_library_adapter,
@@ -30,7 +29,6 @@ from hf_peft_suite.methods.adapter import (
     export_to_adapterhub,
     import_from_adapterhub,
     resolve_adapter_settings,
-    save_library_adapter,
 )
 from hf_peft_suite.methods.delta import DELTA_WEIGHTS_NAME
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
@@ -100,7 +98,8 @@ def trainable(model) -> int:
 def test_scratch_trainable_parameters_on_t5_small_follow_the_formula(config, expected):
     settings = resolve_adapter_settings(AdapterOptions(adapter_config=config), d_model=512)
     # (2 d m + m + d) per adapter, d = 512, m = 512 / 16 = 32; one (seq_bn) or two adapters in each of 12 blocks.
-    assert adapter_parameter_count(settings, d_model=512, num_blocks=12) == expected
+    d, m, adapters_per_block = 512, settings.bottleneck_size, len(settings.placement.sublayers)
+    assert m == 32 and 12 * adapters_per_block * (2 * d * m + m + d) == expected
     assert trainable(build_scratch_adapter(t5_small_on_meta(), AdapterOptions(adapter_config=config))) == expected
 
 
@@ -286,7 +285,7 @@ def test_adapterhub_adapter_imports_into_scratch(config, use_safetensors, tiny_t
     library = build_library_adapter(tiny_t5(), AdapterOptions(adapter_config=config, adapter_init_weights="bert"))
     randomize_adapters(library)
     if use_safetensors:
-        save_library_adapter(library, tmp_path)  # the project's way: only the adapter, safetensors
+        ADAPTERHUB_ADAPTER.save(library, str(tmp_path))  # the project's way: only the adapter, safetensors
         assert sorted(path.name for path in tmp_path.iterdir()) == ADAPTERHUB_FILES
     else:
         library.save_adapter(str(tmp_path), "hf_peft_suite", with_head=False)  # AdapterHub's default format

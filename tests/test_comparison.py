@@ -93,5 +93,5 @@ def test_report_on_a_folder_without_results_is_a_usage_error(tmp_path, capsys):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_recommended_settings_cite_a_source_and_agree_with_the_method_default(method):
     settings = recommended_settings(method)
-    assert len(settings["_source"]) > 40
+    assert len(METHODS[method].recommended.source) > 40
     assert settings["learning_rate"] == METHODS[method].default_learning_rate

@@ -32,6 +32,9 @@ class BiasDeltaModel(DeltaModel):
         super().__init__(config, base_model)
         self.logit_bias = torch.nn.Parameter(torch.zeros(self.base.config.vocab_size))
 
+    def adapter_params(self) -> list[str]:  # the DeltaModule protocol: the wrapper's own parameter is the delta
+        return ["logit_bias"]
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         output = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         output.logits = output.logits + self.logit_bias
@@ -114,3 +117,51 @@ def test_generate_runs_through_the_wrapper(wrapped, tiny_tokenizer):
     inputs = batch(tiny_tokenizer)
     generated = wrapped.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=2)
     assert generated.shape == (2, 3)  # decoder start + 2 new tokens
+
+
+def test_a_parameter_trained_but_not_declared_is_a_bug_not_a_silent_loss(wrapped, tmp_path):
+    wrapped.extra = torch.nn.Parameter(torch.zeros(3))  # trainable, but no DeltaModule names it
+    with pytest.raises(RuntimeError, match="trains parameters no DeltaModule declares: \\['extra'\\]"):
+        wrapped.save_pretrained(tmp_path)
+
+
+SCRATCH_CELLS = {
+    "prompt_tuning": {"num_virtual_tokens": 4},
+    "adapter": {"adapter_reduction_factor": 4},
+    "lora": {"lora_r": 4},
+}
+
+
+@pytest.mark.parametrize("method", list(SCRATCH_CELLS))
+def test_a_deep_copy_of_every_scratch_cell_saves_exactly_its_delta_and_loads_back_equal(
+    method, tiny_base_dir, tiny_tokenizer, tmp_path
+):
+    """Deltas are found by name (the DeltaModule protocol), not by the identity of the base's parameters, so a copy
+    (or a re-wrapped model) saves the same tensors as the original, and they load back to the same outputs."""
+    import copy
+
+    from hf_peft_suite.methods import get_method
+
+    chosen = get_method(method)
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir)
+    base.name_or_path = base.config._name_or_path = str(tiny_base_dir)
+    model = chosen.build_scratch(base, chosen.options(**SCRATCH_CELLS[method]), tiny_tokenizer)
+    with torch.no_grad():
+        for name in model.delta_parameter_names():
+            model.get_parameter(name).normal_(std=0.5)  # a trained-looking delta, so equal outputs mean something
+    duplicate = copy.deepcopy(model)
+    model.save_pretrained(tmp_path / "original")
+    duplicate.save_pretrained(tmp_path / "copy")
+    original_tensors, copied_tensors = (load_file(tmp_path / folder / DELTA_WEIGHTS_NAME)
+                                        for folder in ("original", "copy"))
+    assert sorted(copied_tensors) == sorted(original_tensors) == sorted(model.delta_parameter_names())
+    assert 0 < len(copied_tensors) < len(dict(model.named_parameters()))
+    assert all(torch.equal(copied_tensors[name], original_tensors[name]) for name in original_tensors)
+
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "copy").eval()
+    model.eval()
+    inputs = batch(tiny_tokenizer)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)
+        fresh_base = AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir).eval()  # the method changed `base` in place
+        assert not torch.equal(loaded(**inputs).logits, fresh_base(**inputs).logits)

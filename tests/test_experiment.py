@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from hf_peft_suite.arguments import load_json_config, load_preset, parse_arguments
+from hf_peft_suite.arguments import load_preset, parse_arguments
 from hf_peft_suite.experiment import run_experiment
 
-from .conftest import REPO_ROOT
 from .helpers import run_cli
 
 QUICK = {"preset": "tiny", "max_steps": 6, "max_eval_samples": 64}
@@ -58,23 +57,61 @@ def test_saved_full_model_reloads_with_identical_generations(tiny_results):
     assert tokenizer.batch_decode(generated, skip_special_tokens=True) == ["positive", "negative"]
 
 
-def test_configs_match_the_presets_they_reproduce():
-    for name in ("tiny", "seed"):
-        assert load_json_config(REPO_ROOT / "configs" / f"{name}.json") == load_preset(name)
-
-
 def test_running_alone_means_the_reference_recipe():
     from hf_peft_suite.methods import METHODS
 
     defaults, seed = parse_arguments([]).to_dict(), parse_arguments(["--preset", "seed"]).to_dict()
-    assert defaults["training"].pop("learning_rate") is None  # resolved to the method default at run time ...
-    assert seed["training"].pop("learning_rate") == METHODS["full"].default_learning_rate == 1e-5  # ... which is this
+    assert defaults["training"]["learning_rate"] == METHODS["full"].default_learning_rate == 1e-5
     assert seed["experiment"].pop("preset") == "seed" and defaults["experiment"].pop("preset") is None
-    assert defaults == seed
+    assert defaults == seed  # the seed preset names the defaults; it sets nothing
+    assert set(load_preset("seed")) == {"_source"}
     defaults = parse_arguments([])
     assert defaults.model.model_name_or_path == "t5-small" and defaults.data.dataset_name == "imdb"
     assert defaults.training.per_device_train_batch_size == 32 and defaults.training.num_train_epochs == 10
+    assert defaults.training.lr_scheduler_type == "constant" and defaults.training.eval_strategy == "epoch"
     assert defaults.experiment.method == "full" and defaults.data.max_source_length == 256
+    assert defaults.data.clean_text is True and defaults.training.seed == 42
+
+
+@pytest.mark.parametrize("method", ["full", "prompt_tuning", "adapter", "lora"])
+def test_a_method_without_a_learning_rate_gets_its_own_and_says_where_it_comes_from(method):
+    from hf_peft_suite.methods import METHODS
+
+    parsed = parse_arguments(["--method", method])
+    assert parsed.training.learning_rate == METHODS[method].default_learning_rate
+    assert parsed.origins["learning_rate"] == "method default"
+    given = parse_arguments(["--method", method, "--learning_rate", "0.002"])
+    assert given.training.learning_rate == 0.002 and given.origins["learning_rate"] == "command line"
+    # A preset's per-method section beats the method default; a flag beats the preset.
+    tiny = parse_arguments(["--method", method, "--preset", "tiny"])
+    assert tiny.training.learning_rate == {"full": 3e-3, "lora": 0.01, "adapter": 0.01, "prompt_tuning": 0.3}[method]
+    assert tiny.origins["learning_rate"] == "preset tiny"
+
+
+def test_training_arguments_built_directly_have_a_real_learning_rate(tmp_path):
+    """docs/api.md builds TrainingArguments for GenerationAccuracyTrainer: AdamW must not get lr=None."""
+    from hf_peft_suite.arguments import TrainingArguments
+
+    assert TrainingArguments(output_dir=str(tmp_path), use_cpu=True).learning_rate == 1e-5
+
+
+def test_json_and_keyword_values_are_typed_and_checked_as_flags_are(tmp_path):
+    from hf_peft_suite.errors import UsageError
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"preset": "tiny", "lora_r": "16", "label_words": "negative", "bf16": "false",
+                                  "learning_rate": 2e-3}))
+    parsed = parse_arguments([str(config), "--method", "lora"])
+    assert parsed.options.lora_r == 16 and parsed.data.label_words == ["negative"] and parsed.training.bf16 is False
+    assert parsed.origins["lora_r"] == f"config file {config}"
+    for bad, message in (({"lora_r": 8.5}, "lora_r = 8.5 is not valid"),
+                         ({"clean_text": "sometimes"}, "clean_text = 'sometimes' is not valid"),
+                         ({"adapter_config": "triple"}, "adapter_config = 'triple' is not one of seq_bn, double_seq_bn")):
+        config.write_text(json.dumps(bad))
+        with pytest.raises(UsageError, match=message):
+            parse_arguments([str(config)])
+    with pytest.raises(UsageError, match="keyword arguments: num_train_epochs = 'ten' is not valid"):
+        parse_arguments([], num_train_epochs="ten")
 
 
 def test_flags_override_json_config_which_overrides_preset(tmp_path):
@@ -88,12 +125,14 @@ def test_flags_override_json_config_which_overrides_preset(tmp_path):
 
 def test_json_config_runs_and_a_second_run_never_overwrites_the_first(tmp_path):
     output_dir = tmp_path / "run"
-    first = run_cli("configs/tiny.json", "--output_dir", str(output_dir), "--max_steps", "4")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"preset": "tiny", "max_eval_samples": 64}))
+    first = run_cli(config, "--output_dir", str(output_dir), "--max_steps", "4")
     assert first.returncode == 0, first.stderr
     assert "best valid_acc" in first.stdout
     saved = (output_dir / "results.json").read_bytes()
 
-    second = run_cli("configs/tiny.json", "--output_dir", str(output_dir), "--max_steps", "4")
+    second = run_cli(config, "--output_dir", str(output_dir), "--max_steps", "4")
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
         f"error: --output_dir {output_dir} already holds a previous run; choose a new --output_dir, resume it with "

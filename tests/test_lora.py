@@ -273,11 +273,11 @@ def test_merge_in_place_then_unmerge(tiny_tokenizer):
         scratch.merge()
         assert scratch.merged
         assert max_abs_diff(scratch(**inputs).logits, expected) <= TOLERANCE
-        with pytest.raises(UsageError, match="already merged"):
+        with pytest.raises(RuntimeError, match="already merged"):  # a programming error, not the user's input
             scratch.merge()
         scratch.unmerge()
         assert not scratch.merged
-        with pytest.raises(UsageError, match="not merged"):
+        with pytest.raises(RuntimeError, match="not merged"):
             scratch.unmerge()
         assert max_abs_diff(scratch(**inputs).logits, expected) <= TOLERANCE
     for name, layer in scratch.lora_layers():
@@ -364,6 +364,10 @@ def test_import_refuses_peft_features_plain_lora_lacks(tmp_path):
 def test_non_positive_rank_is_a_usage_error(rank):
     with pytest.raises(UsageError, match="--lora_r must be a positive integer"):
         LoRAOptions(lora_r=rank)
+    # The module itself names its own argument: it knows nothing of the command line.
+    with pytest.raises(ValueError, match="^rank must be a positive integer") as raised:
+        LoRALinear(torch.nn.Linear(4, 4), rank=rank, alpha=16)
+    assert not isinstance(raised.value, UsageError)
 
 
 @pytest.mark.parametrize(

@@ -51,10 +51,13 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..compat import average_loss_per_batch
 from ..errors import UsageError
-from ..weights import compare_shapes, config_differences, load_tensors
-from . import Method, library_problem
+from ..files import ADAPTERHUB_CONFIG_NAME, ADAPTERHUB_TORCH_WEIGHTS_NAME, ADAPTERHUB_WEIGHTS_NAME
+from ..weights import check_saved_config, compare_shapes, load_tensors, tensor_shapes
+from .base import Method, Recommended, library_problem
 from .delta import DeltaConfig, DeltaModel, delta_config_kwargs, register_delta_model
+from .formats import SCRATCH_DELTA, ArtifactFormat
 
 # ------------------------------------------------------------------------------------------------------ placements
 
@@ -69,20 +72,16 @@ class Placement:
         reads_residual_stream: ``True``: the adapter reads ``y = h + s`` and returns ``y + A(y)`` (AdapterHub
             ``original_ln_before=True``); ``False``: it reads ``s`` and returns ``s + A(s)`` before T5 adds ``h``.
         default_non_linearity: the configuration's AdapterHub default.
-        paper: where the placement comes from.
     """
 
     sublayers: tuple[str, ...]
     reads_residual_stream: bool
     default_non_linearity: str
-    paper: str
 
 
 PLACEMENTS: dict[str, Placement] = {
-    "seq_bn": Placement(("feed_forward",), True, "relu", "Pfeiffer et al. 2021, https://arxiv.org/abs/2005.00247"),
-    "double_seq_bn": Placement(
-        ("self_attention", "feed_forward"), False, "swish", "Houlsby et al. 2019, https://arxiv.org/abs/1902.00751"
-    ),
+    "seq_bn": Placement(("feed_forward",), True, "relu"),  # Pfeiffer et al. 2021
+    "double_seq_bn": Placement(("self_attention", "feed_forward"), False, "swish"),  # Houlsby et al. 2019
 }
 
 # --------------------------------------------------------------------------------------------------------- options
@@ -191,12 +190,6 @@ def resolve_adapter_settings(options: AdapterOptions | None, d_model: int) -> Ad
     )
 
 
-def adapter_parameter_count(settings: AdapterSettings, d_model: int, num_blocks: int) -> int:
-    """Trainable parameters: ``num_blocks * len(sublayers) * (2 d m + m + d)``; ``num_blocks``: encoder + decoder."""
-    d, m = d_model, settings.bottleneck_size
-    return num_blocks * len(settings.placement.sublayers) * (2 * d * m + m + d)
-
-
 # ---------------------------------------------------------------------------------------------------- the module
 
 
@@ -229,7 +222,7 @@ class BottleneckAdapter(nn.Module):
         self.scaling = scaling
 
     def adapter_params(self) -> list[str]:
-        """Names of this module's trained parameters."""
+        """The trained parameters (the :class:`~hf_peft_suite.methods.delta.DeltaModule` protocol)."""
         return ["down_proj.weight", "down_proj.bias", "up_proj.weight", "up_proj.bias"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -414,48 +407,46 @@ def build_library_adapter(base_model, options: AdapterOptions | None = None, tok
     base_model.add_adapter(LIBRARY_ADAPTER_NAME, config=adapterhub_config(settings))
     base_model.train_adapter(LIBRARY_ADAPTER_NAME)  # freezes everything else
     base_model.set_active_adapters(LIBRARY_ADAPTER_NAME)
-    # AdapterHub's T5 forward takes **kwargs, so Trainer would pass num_items_in_batch and sum the loss over tokens
-    # of the whole accumulated batch; T5 averages per batch, as the scratch wrapper does.
-    base_model.accepts_loss_kwargs = False
+    average_loss_per_batch(base_model)  # AdapterHub's T5 forward takes **kwargs
     return base_model
 
 
-def save_library_adapter(model, directory: str) -> None:
-    """Write only the AdapterHub adapter (``adapter_config.json``, ``adapter.safetensors``); no LM head, no base."""
-    model.save_adapter(directory, LIBRARY_ADAPTER_NAME, with_head=False, use_safetensors=True)
+class AdapterHubFormat(ArtifactFormat):
+    """An AdapterHub adapter: ``adapter_config.json`` and ``adapter.safetensors``, written by ``save_adapter`` (no LM
+    head, no base: AdapterHub's ``save_pretrained`` would write the whole model)."""
+
+    name = "AdapterHub adapter"
+    weights_name = ADAPTERHUB_WEIGHTS_NAME
+
+    def save(self, model, directory: str, state_dict: dict | None = None) -> None:
+        # save_adapter takes no state dict, so this cell runs without FSDP/DeepSpeed sharding.
+        model.save_adapter(directory, LIBRARY_ADAPTER_NAME, with_head=False, use_safetensors=True)
+
+    def check(self, model, directory: str) -> None:
+        """The saved configuration, names and shapes must be ``model``'s own adapter's."""
+        current = model.adapters_config.get(LIBRARY_ADAPTER_NAME).to_dict()
+        check_saved_config(os.path.join(directory, ADAPTERHUB_CONFIG_NAME), current, section="config")
+        weights_path = os.path.join(directory, self.weights_name)
+        if not os.path.isfile(weights_path):
+            raise UsageError(f"it holds no {self.weights_name}, the weights this model saves")
+        trainable = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+        compare_shapes(trainable, tensor_shapes(weights_path), weights_path)
+
+    def load(self, model, directory: str) -> bool:
+        """Copy the saved tensors into ``model``'s own adapter, in place: AdapterHub's ``load_adapter`` would build new
+        modules, leaving the optimizer holding the old parameters. Call :meth:`check` first."""
+        trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+        with torch.no_grad():
+            for name, tensor in load_tensors(os.path.join(directory, self.weights_name)).items():
+                trainable[name].copy_(tensor)
+        return True
 
 
-def load_library_adapter(model, directory: str) -> None:
-    """Copy the adapter :func:`save_library_adapter` wrote into ``model``'s own adapter, in place (to resume).
-
-    AdapterHub's ``load_adapter`` would build new modules, leaving the optimizer holding the old parameters, so the
-    tensors are copied into the existing ones. The saved configuration, names and shapes must match ``model``'s.
-    """
-    config_path = os.path.join(directory, ADAPTERHUB_CONFIG_NAME)
-    weights_path = os.path.join(directory, ADAPTERHUB_WEIGHTS_NAME)
-    for path in (config_path, weights_path):
-        if not os.path.isfile(path):
-            raise UsageError(f"{directory} holds no {os.path.basename(path)}: it is not an adapter saved by this cell")
-    with open(config_path, encoding="utf-8") as file:
-        saved = json.load(file)
-    current = model.adapters_config.get(LIBRARY_ADAPTER_NAME).to_dict()
-    differences = config_differences(saved.get("config", {}), current)
-    if differences:
-        raise UsageError(f"{config_path} was saved with other options ({'; '.join(differences[:3])})")
-    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-    state_dict = load_tensors(weights_path)
-    compare_shapes({name: tuple(p.shape) for name, p in trainable.items()},
-                   {name: tuple(t.shape) for name, t in state_dict.items()}, weights_path)
-    with torch.no_grad():
-        for name, tensor in state_dict.items():
-            trainable[name].copy_(tensor)
+ADAPTERHUB_ADAPTER = AdapterHubFormat()
 
 
 # ---------------------------------------------------------------------------------- interop with AdapterHub
 
-ADAPTERHUB_CONFIG_NAME = "adapter_config.json"
-ADAPTERHUB_WEIGHTS_NAME = "adapter.safetensors"  # AdapterHub's save_adapter(use_safetensors=True)
-ADAPTERHUB_TORCH_WEIGHTS_NAME = "pytorch_adapter.bin"  # its default, torch.save
 # Our parameter names inside ``<sublayer>.adapter`` -> AdapterHub's inside ``<sublayer>.adapters.<name>``.
 ADAPTERHUB_PARTS = {"down_proj": "adapter_down.0", "up_proj": "adapter_up"}
 # AdapterHub BnConfig fields and the values the scratch implementation reproduces; other values are refused.
@@ -604,16 +595,18 @@ def import_from_adapterhub(directory, base_model) -> BottleneckAdapterModel:
 
 METHOD = Method(
     name="adapter",
-    summary="bottleneck adapters after the feed-forward (seq_bn, Pfeiffer) or also after self-attention "
-    "(double_seq_bn, Houlsby) sublayer of every T5 block",
     options=AdapterOptions,
-    default_learning_rate=1e-4,
-    learning_rate_source="AdapterHub's training guide (https://docs.adapterhub.ml/training.html): 'a default "
-    "adapter learning rate of 1e-4 works well for most settings'",
+    recommended=Recommended(
+        source="AdapterHub's training guide (docs.adapterhub.ml/training.html): 'a default adapter learning rate of 1e-4 "
+        "works well for most settings'; the Pfeiffer (seq_bn) placement with reduction factor 16 is AdapterHub's "
+        "default bottleneck configuration. Linear decay as in AdapterHub's examples.",
+        settings={"learning_rate": 1e-4, "lr_scheduler_type": "linear", "adapter_config": "seq_bn",
+                  "adapter_reduction_factor": 16},
+    ),
     build_scratch=build_scratch_adapter,
+    scratch_format=SCRATCH_DELTA,
     build_library=build_library_adapter,
+    library_format=ADAPTERHUB_ADAPTER,
     library_module="adapters",
     library_install_hint=INSTALL_HINT,
-    save_library=save_library_adapter,
-    load_library=load_library_adapter,
 )

@@ -13,26 +13,37 @@ architecture) and ``model.safetensors`` with **only the delta's weights**, under
 checks that its architecture matches the one the delta was trained on, adds the delta modules and loads their
 weights, refusing any file whose names or shapes do not match.
 
-The delta is every parameter that is not one of the base's own: the base's parameters are recorded (by identity)
-and frozen before a subclass adds anything.
+The delta is found by name, through an explicit protocol (as torchtune's ``AdapterModule.adapter_params()``): every
+hand-written module a method adds (``SoftPrompt``, ``BottleneckAdapter``, ``LoRALinear``) is a :class:`DeltaModule`,
+whose ``adapter_params()`` lists the names of its own trained parameters. :meth:`DeltaModel.delta_parameter_names`
+walks the model and collects them with their full names, so a copied or re-wrapped model (``copy.deepcopy``, a
+distributed wrapper) saves and loads the same delta. The base is frozen before a subclass adds anything.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
 from ..errors import UsageError
+from ..files import MODEL_WEIGHTS_NAME
 from ..weights import compare_shapes, load_tensors
 
-DELTA_WEIGHTS_NAME = "model.safetensors"
+DELTA_WEIGHTS_NAME = MODEL_WEIGHTS_NAME  # model.safetensors, holding only the delta's tensors
 # Fields that must agree between the base a delta was trained on and the base it is loaded onto.
 ARCHITECTURE_FIELDS = (
     "model_type", "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
 )
+
+
+@runtime_checkable
+class DeltaModule(Protocol):
+    """A module a method adds to a frozen base; ``adapter_params()`` names its trained parameters (relative to it)."""
+
+    def adapter_params(self) -> list[str]: ...
 
 
 class DeltaConfig(PretrainedConfig):
@@ -71,17 +82,30 @@ class DeltaModel(PreTrainedModel):
         check_same_architecture(config, base_model.config)
         self.base = base_model
         self.base.requires_grad_(False)
-        self._base_parameter_ids = frozenset(id(parameter) for parameter in self.base.parameters())
 
     # ----------------------------------------------------------------------------------------------- the delta
     def delta_parameter_names(self) -> list[str]:
-        """Names (in ``self.state_dict()``) of every parameter the method added: what is trained and saved."""
-        return [name for name, parameter in self.named_parameters() if id(parameter) not in self._base_parameter_ids]
+        """Names (in ``self.state_dict()``) of every parameter the method added: what is trained and saved.
+
+        The parameters every :class:`DeltaModule` inside the model names (the model itself may be one), in
+        ``named_modules`` order.
+        """
+        names = []
+        for prefix, module in self.named_modules():
+            if isinstance(module, DeltaModule):
+                names += [f"{prefix}.{name}" if prefix else name for name in module.adapter_params()]
+        return names
 
     def delta_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The delta's tensors, taken from ``state_dict`` when given (Trainer passes a gathered one)."""
+        names = self.delta_parameter_names()
+        undeclared = [
+            name for name, parameter in self.named_parameters() if parameter.requires_grad and name not in set(names)
+        ]
+        if undeclared:  # trained but never saved: a method forgot to list it in adapter_params()
+            raise RuntimeError(f"{type(self).__name__} trains parameters no DeltaModule declares: {undeclared[:3]}")
         state_dict = self.state_dict() if state_dict is None else state_dict
-        return {name: state_dict[name].detach().contiguous().cpu() for name in self.delta_parameter_names()}
+        return {name: state_dict[name].detach().contiguous().cpu() for name in names}
 
     def load_delta_file(self, path: str) -> None:
         """Load the delta's weights from a safetensors file, refusing wrong names, shapes or a damaged file."""
@@ -102,14 +126,14 @@ class DeltaModel(PreTrainedModel):
         from safetensors.torch import save_file
 
         if os.path.isfile(save_directory):
-            raise UsageError(f"cannot save into {save_directory}: it is a file, not a folder")
+            raise NotADirectoryError(f"cannot save into {save_directory}: it is a file, not a folder")
         if not is_main_process:
             return
         os.makedirs(save_directory, exist_ok=True)
         self.config.save_pretrained(save_directory)
         save_file(self.delta_state_dict(state_dict), os.path.join(save_directory, DELTA_WEIGHTS_NAME), {"format": "pt"})
         if kwargs.get("push_to_hub"):
-            raise UsageError("push a delta model with model.push_to_hub(repo_id), not save_pretrained(push_to_hub=True)")
+            raise ValueError("push a delta model with model.push_to_hub(repo_id), not save_pretrained(push_to_hub=True)")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base_model=None, config=None, **kwargs):
@@ -250,12 +274,10 @@ def load_base_model(config: DeltaConfig, delta_source: str | None = None, **kwar
 
 
 def register_delta_model(config_class: type[DeltaConfig], model_class: type[DeltaModel]) -> None:
-    """Make ``AutoConfig`` and ``AutoModelForSeq2SeqLM`` load ``model_class`` artifacts (idempotent)."""
-    try:
-        AutoConfig.register(config_class.model_type, config_class)
-    except ValueError:  # already registered (module imported twice)
-        pass
-    try:
-        AutoModelForSeq2SeqLM.register(config_class, model_class)
-    except ValueError:
-        pass
+    """Make ``AutoConfig`` and ``AutoModelForSeq2SeqLM`` load ``model_class`` artifacts.
+
+    Registering again (a module reloaded) replaces the entry; a ``model_type`` that transformers itself uses raises
+    transformers' ``ValueError``.
+    """
+    AutoConfig.register(config_class.model_type, config_class)
+    AutoModelForSeq2SeqLM.register(config_class, model_class)

@@ -37,9 +37,11 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..files import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from ..weights import load_tensors
-from . import Method
+from .base import Method, Recommended
 from .delta import DeltaConfig, DeltaModel, delta_config_kwargs, load_base_model, register_delta_model
+from .formats import PEFT_ADAPTER, SCRATCH_DELTA
 
 DEFAULT_TARGET_MODULES = ("q", "v")
 ALL_LINEAR = "all-linear"
@@ -47,8 +49,6 @@ ALL_LINEAR = "all-linear"
 LORA_PARAMETER_NAMES = ("lora_A.weight", "lora_B.weight")
 # How peft names a module's LoRA weights in adapter_model.safetensors: PeftModel.base_model.model.<module path>.
 PEFT_KEY_PREFIX = "base_model.model."
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 # ------------------------------------------------------------------------------------------------------- options
@@ -71,7 +71,16 @@ class LoRAOptions:
 
     def __post_init__(self):
         self.lora_target_modules = parse_target_modules(self.lora_target_modules)
-        check_lora_hyperparameters(self.lora_r, self.lora_alpha, self.lora_dropout)
+        if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r <= 0:
+            raise UsageError(
+                f"--lora_r must be a positive integer (got {self.lora_r!r}); the rank is usually 4 to 64, e.g. 8"
+            )
+        if not self.lora_alpha > 0:
+            raise UsageError(
+                f"--lora_alpha must be positive (got {self.lora_alpha!r}); it scales the update by alpha / r, e.g. 16"
+            )
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout!r}), e.g. 0.0 or 0.1")
 
 
 def parse_target_modules(target_modules) -> list[str]:
@@ -86,13 +95,13 @@ def parse_target_modules(target_modules) -> list[str]:
 
 
 def check_lora_hyperparameters(rank, alpha, dropout) -> None:
-    """Refuse a rank, alpha or dropout LoRA cannot use, naming the fix."""
+    """A ``ValueError`` naming the argument of :class:`LoRALinear` that LoRA cannot use."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise UsageError(f"--lora_r must be a positive integer (got {rank!r}); the rank is usually 4 to 64, e.g. 8")
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
     if not alpha > 0:
-        raise UsageError(f"--lora_alpha must be positive (got {alpha!r}); it scales the update by alpha / r, e.g. 16")
+        raise ValueError(f"alpha must be positive, got {alpha!r}")
     if not 0.0 <= dropout < 1.0:
-        raise UsageError(f"--lora_dropout must be in [0, 1) (got {dropout!r}), e.g. 0.0 or 0.1")
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
 # ---------------------------------------------------------------------------------------------- the LoRA layer
@@ -120,7 +129,8 @@ class LoRALinear(nn.Module):
         alpha: the update is scaled by ``alpha / rank``.
         dropout: dropout probability on the input of A.
 
-    Trainable parameters: ``lora_A.weight`` (r x d_in) and ``lora_B.weight`` (d_out x r), r * (d_in + d_out) in all.
+    Trainable parameters (:meth:`adapter_params`): ``lora_A.weight`` (r x d_in) and ``lora_B.weight`` (d_out x r),
+    r * (d_in + d_out) in all.
     """
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
@@ -149,6 +159,10 @@ class LoRALinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    def adapter_params(self) -> list[str]:
+        """The trained parameters (the :class:`~hf_peft_suite.methods.delta.DeltaModule` protocol)."""
+        return list(LORA_PARAMETER_NAMES)
+
     def reset_lora_parameters(self) -> None:
         init_lora_a_kaiming_uniform_(self.lora_A.weight)
         init_lora_b_zeros_(self.lora_B.weight)
@@ -168,7 +182,7 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """Fold the update into the frozen weight (``W0 += (alpha / r) B A``); forward then skips A and B."""
         if self.merged:
-            raise UsageError("this LoRA layer is already merged; call unmerge() before merging again")
+            raise RuntimeError("this LoRA layer is already merged; call unmerge() before merging again")
         weight = self.base_layer.weight
         weight += self.delta_weight().to(weight.dtype)
         self.merged = True
@@ -177,7 +191,7 @@ class LoRALinear(nn.Module):
     def unmerge(self) -> None:
         """Take the update back out of the frozen weight (exact up to fp rounding, about 1e-7 in fp32)."""
         if not self.merged:
-            raise UsageError("this LoRA layer is not merged; there is nothing to unmerge")
+            raise RuntimeError("this LoRA layer is not merged; there is nothing to unmerge")
         weight = self.base_layer.weight
         weight -= self.delta_weight().to(weight.dtype)
         self.merged = False
@@ -474,15 +488,18 @@ def import_from_peft(directory, base_model=None) -> LoRAModel:
 
 METHOD = Method(
     name="lora",
-    summary="LoRA: a trainable low-rank update (alpha / r) B A beside frozen linear layers (default q, v)",
     options=LoRAOptions,
-    default_learning_rate=5e-4,
-    learning_rate_source=(
-        "the LoRA authors' RoBERTa-base GLUE script (github.com/microsoft/LoRA examples/NLU/roberta_base_mnli.sh: "
-        "LoRA on q and v, r 8, alpha 16, AdamW lr 5e-4)"
+    recommended=Recommended(
+        source="The LoRA authors' RoBERTa-base GLUE script (github.com/microsoft/LoRA, examples/NLU/roberta_base_mnli.sh): "
+        "LoRA on q and v, r 8, alpha 16, AdamW at 5e-4 with linear decay after 6% warm-up. Epochs stay at the reference "
+        "recipe's 10 so every cell trains as long.",
+        settings={"learning_rate": 5e-4, "lr_scheduler_type": "linear", "warmup_ratio": 0.06, "lora_r": 8,
+                  "lora_alpha": 16, "lora_target_modules": ["q", "v"]},
     ),
     build_scratch=build_scratch,
+    scratch_format=SCRATCH_DELTA,
     build_library=build_library,
+    library_format=PEFT_ADAPTER,
     library_module="peft",
     library_install_hint="pip install 'peft>=0.17'",
 )

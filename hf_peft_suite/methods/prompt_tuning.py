@@ -39,9 +39,11 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..compat import average_loss_per_batch
 from ..errors import UsageError
+from ..files import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from ..weights import load_tensors
-from . import Method
+from .base import Method, Recommended
 from .delta import (
     DeltaConfig,
     DeltaModel,
@@ -50,12 +52,11 @@ from .delta import (
     load_base_model,
     register_delta_model,
 )
+from .formats import PEFT_ADAPTER, SCRATCH_DELTA
 
 PROMPT_INITS = ("random", "vocab", "text")
 # Our init names -> peft's PromptTuningInit values.
 PEFT_PROMPT_INITS = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB", "text": "TEXT"}
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PROMPT_KEY = "prompt_embeddings"  # the one tensor peft saves for a prompt-tuning adapter
 
 
@@ -150,12 +151,18 @@ class SoftPrompt(nn.Module):
 
     def __init__(self, num_virtual_tokens: int, embedding_dim: int):
         super().__init__()
+        if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) or num_virtual_tokens <= 0:
+            raise ValueError(f"num_virtual_tokens must be a positive integer, got {num_virtual_tokens!r}")
         self.prompt_embeddings = nn.Parameter(torch.empty(num_virtual_tokens, embedding_dim))
         nn.init.normal_(self.prompt_embeddings)
 
     @property
     def num_virtual_tokens(self) -> int:
         return self.prompt_embeddings.shape[0]
+
+    def adapter_params(self) -> list[str]:
+        """The trained parameter (the :class:`~hf_peft_suite.methods.delta.DeltaModule` protocol)."""
+        return ["prompt_embeddings"]
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """``([P; E], [1_n; M])`` for every example of the batch; the mask stays ``None`` when none is given."""
@@ -199,7 +206,6 @@ class SoftPromptModel(DeltaModel):
     config_class = SoftPromptConfig
 
     def __init__(self, config: SoftPromptConfig, base_model=None):
-        check_num_virtual_tokens(config.num_virtual_tokens)
         super().__init__(config, base_model)
         self.soft_prompt = SoftPrompt(config.num_virtual_tokens, self.base.get_input_embeddings().embedding_dim)
 
@@ -226,7 +232,7 @@ class SoftPromptModel(DeltaModel):
         if input_ids is None:
             input_ids = kwargs.pop("inputs", None)
         if kwargs.get("encoder_outputs") is not None:
-            raise UsageError("generate() of a prompt-tuned model takes input_ids, not encoder_outputs")
+            raise ValueError("generate() of a prompt-tuned model takes input_ids, not encoder_outputs")
         inputs_embeds, attention_mask = self.prepend_prompt(input_ids, inputs_embeds, attention_mask)
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -298,10 +304,7 @@ def build_peft_prompt_tuning(base_model, options: PromptTuningOptions | None = N
         prompt_tuning_init=peft_init,
     )
     model = get_peft_model(base_model, config)
-    # Trainer reads this from the unwrapped base. Under transformers 5 T5's forward takes **kwargs, so Trainer would
-    # pass num_items_in_batch and normalise the loss across accumulated batches, unlike SoftPromptModel (and T5 under
-    # 4.57), which average per batch: say no, so both implementations are trained on the same loss.
-    model.get_base_model().accepts_loss_kwargs = False
+    average_loss_per_batch(model.get_base_model())  # Trainer reads it from the unwrapped base
     if options.prompt_init == "text":
         token_ids = torch.tensor(text_token_ids(tokenizer, options.prompt_init_text, options.num_virtual_tokens))
         init_prompt_from_token_ids(model.prompt_encoder["default"].embedding.weight, model.word_embeddings, token_ids)
@@ -401,16 +404,20 @@ def import_from_peft(directory, base_model=None, **base_model_kwargs) -> SoftPro
 
 METHOD = Method(
     name="prompt_tuning",
-    summary="soft prompt tuning: train n embeddings prepended to the encoder input (Lester et al., 2021)",
     options=PromptTuningOptions,
-    default_learning_rate=0.3,
-    learning_rate_source=(
-        "Lester et al. 2021 (arXiv:2104.08691): constant learning rate 0.3 (with Adafactor, T5's optimizer), two "
-        "orders of magnitude above full fine-tuning's; peft's seq2seq prompt-tuning example "
-        "(examples/conditional_generation/peft_prompt_tuning_seq2seq.ipynb) uses AdamW at lr 1"
+    recommended=Recommended(
+        source="Lester et al. 2021, 'The Power of Scale for Parameter-Efficient Prompt Tuning' (arXiv:2104.08691): 20 "
+        "prompt tokens, Adafactor at a constant learning rate of 0.3 (two orders of magnitude above full "
+        "fine-tuning's); the paper's best small-scale initialisation is from vocabulary embeddings or class labels. "
+        "peft's seq2seq prompt-tuning example (examples/conditional_generation/peft_prompt_tuning_seq2seq.ipynb) uses "
+        "AdamW at lr 1.",
+        settings={"learning_rate": 0.3, "optim": "adafactor", "lr_scheduler_type": "constant",
+                  "num_virtual_tokens": 20},
     ),
     build_scratch=build_soft_prompt_model,
+    scratch_format=SCRATCH_DELTA,
     build_library=build_peft_prompt_tuning,
+    library_format=PEFT_ADAPTER,
     library_module="peft",
     library_install_hint="pip install 'peft>=0.17'",
 )

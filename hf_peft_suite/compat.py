@@ -1,0 +1,51 @@
+"""Every difference between the supported transformers versions (4.57.x, which AdapterHub pins, and 5.x), in one place.
+
+The rest of the package codes to the API both versions share (``processing_class=``, ``eval_strategy=``,
+``use_cpu=``, ``text_target=``, generation settings on ``generation_config``) and calls these helpers where they
+differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+
+@lru_cache(maxsize=None)
+def _training_argument_names() -> frozenset[str]:
+    from transformers import Seq2SeqTrainingArguments
+
+    return frozenset(field.name for field in dataclasses.fields(Seq2SeqTrainingArguments))
+
+
+def apply_4_57_training_flags(args) -> None:
+    """Make the 4.57 flags ``--group_by_length`` and ``--warmup_ratio`` work on 5.x, which spells them
+    ``train_sampling_strategy="group_by_length"`` and a float ``warmup_steps`` below 1 (a ratio)."""
+    if "train_sampling_strategy" not in _training_argument_names():
+        return
+    if args.group_by_length:
+        args.train_sampling_strategy = "group_by_length"
+    if args.warmup_ratio and not args.warmup_steps:
+        args.warmup_steps = args.warmup_ratio
+
+
+def default_report_to(args) -> None:
+    """Report to no tracker unless asked: transformers 4.57's default (``None``) reports to every one installed."""
+    if args.report_to is None:
+        args.report_to = "none"
+
+
+def average_loss_per_batch(model) -> None:
+    """Make ``Trainer`` average the loss per batch for ``model``, as T5's own forward does on 4.57.
+
+    On 5.x, Trainer passes ``num_items_in_batch`` to any model whose forward takes ``**kwargs`` (T5 on 5.x, peft
+    wrappers, AdapterHub's T5) and normalises the loss over the whole accumulated batch, so cells would be trained on
+    differently scaled losses under gradient accumulation.
+    """
+    model.accepts_loss_kwargs = False
+
+
+def hub_revision(training_args) -> str | None:
+    """``--hub_revision`` (transformers 5.x only; ``None`` on 4.57, which pushes to the main branch)."""
+    return getattr(training_args, "hub_revision", None)
+
