@@ -180,35 +180,35 @@ def _metric(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def model_card(results: dict, repo_id: str) -> str:
-    """A ``README.md`` for the trained cell, from its ``results.json`` (see the module docstring)."""
-    method, implementation = results["method"], results["implementation"]
-    library = library_of(results)
-    final, parameters = results["final_metrics"], results["parameters"]
-    base, dataset = results["model_name_or_path"], results["dataset_name"]
+def _card_metadata(results: dict, library: str | None) -> list[str]:
+    """The card's YAML header (library, task, tags, base model and dataset where they are Hub ids)."""
     metadata = [
         "---",
         f"library_name: {LIBRARY_NAMES.get(library, 'transformers')}",
         "pipeline_tag: text2text-generation",
-        f"tags: [hf_peft_suite, {method}, {implementation}, sentiment-analysis]",
+        f"tags: [hf_peft_suite, {results['method']}, {results['implementation']}, sentiment-analysis]",
     ]
-    if _is_hub_id(base) and not results.get("random_init"):
-        metadata.append(f"base_model: {base}")
-    if _is_hub_id(dataset):
-        metadata.append(f"datasets: [{dataset}]")
-    metadata += ["metrics: [accuracy, f1]", "---"]
+    if _is_hub_id(results["model_name_or_path"]) and not results.get("random_init"):
+        metadata.append(f"base_model: {results['model_name_or_path']}")
+    if _is_hub_id(results["dataset_name"]):
+        metadata.append(f"datasets: [{results['dataset_name']}]")
+    return metadata + ["metrics: [accuracy, f1]", "---"]
+
+
+def _card_table(results: dict, library: str | None) -> list[str]:
+    """What was trained, on what, and how well: one row per fact."""
+    final, parameters = results["final_metrics"], results["parameters"]
     implementation_text = {
         None: "hf_peft_suite's own modules (no PEFT library)",
         "peft": "Hugging Face peft",
         "adapters": "AdapterHub adapters",
     }[library]
-    base_text = f"`{base}`" + (" (random weights)" if results.get("random_init") else "")
     rows = [
-        ("method", f"`{method}`"),
-        ("implementation", f"`{implementation}`: {implementation_text}"),
-        ("base model", base_text),
-        ("dataset", f"`{dataset}` ({results['num_train_examples']:,} training, {results['num_eval_examples']:,} "
-                    f"evaluation examples)"),
+        ("method", f"`{results['method']}`"),
+        ("implementation", f"`{results['implementation']}`: {implementation_text}"),
+        ("base model", f"`{results['model_name_or_path']}`" + (" (random weights)" if results.get("random_init") else "")),
+        ("dataset", f"`{results['dataset_name']}` ({results['num_train_examples']:,} training, "
+                    f"{results['num_eval_examples']:,} evaluation examples)"),
         ("label words", ", ".join(f"`{word}`" for word in results["label_words"])),
         ("trainable parameters", f"{parameters['trainable']:,} of {parameters['total']:,} "
                                  f"({parameters['trainable_percent']:.4f}%)"),
@@ -219,18 +219,26 @@ def model_card(results: dict, repo_id: str) -> str:
         ("learning rate", f"{results['learning_rate']:g}"),
         ("processes", str(results.get("world_size", 1))),
     ]
-    table = ["| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows]]
+    return ["| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows]]
+
+
+def model_card(results: dict, repo_id: str) -> str:
+    """A ``README.md`` for the trained cell, from its ``results.json`` (see the module docstring)."""
+    library = library_of(results)
+    data = results["config"]["data"]
     versions = ", ".join(f"{name} {version}" for name, version in results["versions"].items() if version)
+    cleaning = "Reviews were lowercased with `<br />` removed before training" if data.get("clean_text", True) \
+        else "Reviews were used as they are"
     return "\n".join([
-        *metadata,
+        *_card_metadata(results, library),
         "",
         f"# {repo_id}",
         "",
-        f"T5 fine-tuned for sentiment as text-to-text with **{method}** ({implementation} implementation) by "
-        f"hf_peft_suite: the model reads a review and writes its label word. Metrics are "
+        f"T5 fine-tuned for sentiment as text-to-text with **{results['method']}** ({results['implementation']} "
+        f"implementation) by hf_peft_suite: the model reads a review and writes its label word. Metrics are "
         f"the accuracy of the *generated* words on the evaluation split.",
         "",
-        *table,
+        *_card_table(results, library),
         "",
         "## Load it",
         "",
@@ -238,9 +246,8 @@ def model_card(results: dict, repo_id: str) -> str:
         loading_code(results, repo_id),
         "```",
         "",
-        "Reviews were lowercased with `<br />` removed before training" if results["config"]["data"].get(
-            "clean_text", True) else "Reviews were used as they are",
-        f"(inputs truncated to {results['config']['data']['max_source_length']} tokens).",
+        cleaning,
+        f"(inputs truncated to {data['max_source_length']} tokens).",
         "",
         "## Files",
         "",

@@ -52,11 +52,8 @@ class LabelScorer:
             raise ValueError("a reference is not one of the label words: labels and label_words disagree")
         return predictions, references
 
-    def score(self, generated_ids, label_ids) -> dict[str, float]:
-        """Accuracy, macro-F1, invalid rate and count for generated token ids against reference token ids."""
-        return self.score_ids(*self.class_ids(generated_ids, label_ids))
-
     def score_ids(self, predictions: list[int], references: list[int]) -> dict[str, float]:
+        """Accuracy, macro-F1, invalid rate and count of predicted against reference class ids."""
         if self._metric is None:
             self._metric = load_label_metric()
         return self._metric.compute(predictions=predictions, references=references, num_labels=len(self.label_words))

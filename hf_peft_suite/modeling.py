@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from .errors import UsageError
-from .weights import first_line
 from .methods import build_method_model, get_method
 from .tiny import TINY_MODEL_NAME, build_tiny_model, build_tiny_tokenizer
+from .weights import first_line
 
 OFFLINE_HINT = (
     "Without network access, run `--preset tiny` (built in, offline), or point --model_name_or_path at a local "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .files import ERROR_NAME, RESULTS_NAME
+
 COLUMNS = [
     ("method", "method"),
     ("implementation", "implementation"),

@@ -1,4 +1,5 @@
-"""Helpers shared by the end-to-end tests: run the CLI as a user does, load and evaluate a finished run."""
+"""Helpers shared by the tests: compare tensors, count parameters, write data files, run the CLI as a user does,
+load and evaluate a finished run."""
 
 from __future__ import annotations
 
@@ -10,6 +11,44 @@ import sys
 from pathlib import Path
 
 from .conftest import REPO_ROOT
+
+
+def max_abs_diff(a, b) -> float:
+    """The largest absolute difference between two tensors of the same shape."""
+    return (a - b).abs().max().item()
+
+
+def trainable(model) -> int:
+    """How many parameters ``model`` trains (each shared tensor counted once, as ``model.parameters()`` yields it)."""
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def t5_small_on_meta():
+    """t5-small's architecture (T5Config's defaults are t5-small's) without allocating its weights."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(T5Config())
+    assert sum(parameter.numel() for parameter in model.parameters()) == 60_506_624
+    return model
+
+
+def write_split_files(folder: Path, train_rows, test_rows, suffix: str = ".csv") -> Path:
+    """``train<suffix>`` and ``test<suffix>`` (csv, jsonl or parquet) in ``folder`` from lists of row dicts."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train_rows), ("test", test_rows)):
+        frame = pd.DataFrame(rows, columns=None if rows else ["text", "label"])
+        path = folder / f"{name}{suffix}"
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif suffix == ".jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        else:
+            frame.to_parquet(path)
+    return folder
 
 
 def cli_environment(**extra: str) -> dict[str, str]:

@@ -11,11 +11,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, T5Config, T5ForConditionalGeneration
+from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, T5ForConditionalGeneration
 
 from hf_peft_suite.errors import UsageError
-from hf_peft_suite.methods import build_method_model, library_problem
 from hf_peft_suite.files import ADAPTERHUB_CONFIG_NAME, ADAPTERHUB_WEIGHTS_NAME
+from hf_peft_suite.methods import build_method_model, library_problem
 from hf_peft_suite.methods.adapter import (
     ADAPTERHUB_ADAPTER,
     METHOD,
@@ -32,6 +32,8 @@ from hf_peft_suite.methods.adapter import (
 )
 from hf_peft_suite.methods.delta import DELTA_WEIGHTS_NAME
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
+
+from .helpers import max_abs_diff, t5_small_on_meta, trainable
 
 ADAPTERHUB_MISSING = library_problem(METHOD)
 requires_adapterhub = pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))
@@ -75,23 +77,13 @@ def generations(model, inputs):
     return model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=4)
 
 
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 # ------------------------------------------------------------------------------------------- parameter counts
 
 
-def t5_small_on_meta() -> T5ForConditionalGeneration:
-    """t5-small's architecture (T5Config's defaults are t5-small's) without allocating its weights."""
-    with torch.device("meta"):
-        model = T5ForConditionalGeneration(T5Config())
-    assert sum(parameter.numel() for parameter in model.parameters()) == 60_506_624
-    return model
 
 
-def trainable(model) -> int:
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
 @pytest.mark.parametrize(("config", "expected"), [("seq_bn", 399_744), ("double_seq_bn", 799_488)])

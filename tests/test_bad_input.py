@@ -15,7 +15,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ from hf_peft_suite.experiment import run_experiment
 from hf_peft_suite.methods import METHODS, library_problem
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
 
-from .helpers import run_cli
+from .helpers import run_cli, write_split_files
 
 ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 requires_adapterhub = pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))
@@ -52,11 +51,6 @@ def assert_refused(argv, message: str, capsys, *keep: Path, absent: Path | None 
     return error
 
 
-def write_split_files(folder: Path, train_rows, test_rows) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(train_rows).to_csv(folder / "train.csv", index=False)
-    pd.DataFrame(test_rows, columns=["text", "label"]).to_csv(folder / "test.csv", index=False)
-    return folder
 
 
 ROWS = [{"text": "great movie", "label": "positive"}, {"text": "awful plot", "label": "negative"}] * 4
@@ -109,6 +103,7 @@ def test_json_config_with_an_unknown_key_or_no_json(tmp_path, capsys):
     assert_refused([tmp_path / "missing.json"], r"config file .*missing.json does not exist", capsys, tmp_path)
 
 
+@pytest.mark.slow
 def test_library_implementation_not_installed_in_a_real_process(tmp_path):
     """``adapters`` made unimportable (``sys.modules["adapters"] = None``), as where it is not installed."""
     code = ("import runpy, sys; sys.modules['adapters'] = None; sys.argv = sys.argv[1:]; "
@@ -129,12 +124,43 @@ def test_library_implementation_not_installed(capsys, tmp_path):
                    absent=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     result = run_cli("--preset", "tiny", "--method", "qlora", "--output_dir", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown method 'qlora'; choose one of " + ", ".join(METHODS) + " (--method NAME)"
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs where there are GPUs")
+def test_fsdp_on_a_machine_without_gpus_is_refused_rather_than_silently_run_as_data_parallel(tmp_path, capsys):
+    # Tried with two gloo processes: accelerate builds a MULTI_CPU state and drops the FSDP plugin (or, syncing module
+    # states, raises "no available devices"), so the run would not be sharded at all (docs/distributed.md).
+    assert_refused([*QUICK, "--method", "lora", "--fsdp", "full_shard auto_wrap", "--output_dir", tmp_path / "out"],
+                   r"--fsdp needs GPUs: on CPUs accelerate drops it", capsys, absent=tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_traceback_variable_shows_where_a_refusal_came_from_for_bug_reports(tmp_path):
+    result = run_cli("--preset", "tiny", "--method", "qlora", "--output_dir", tmp_path / "out",
+                     HF_PEFT_SUITE_TRACEBACK="1")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr and "hf_peft_suite.errors.UsageError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown method 'qlora'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_is_not_dressed_as_a_usage_error(monkeypatch, tmp_path):
+    """Only expected exceptions become one-line refusals: an error of ours keeps its type and traceback."""
+    from hf_peft_suite import experiment
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in hf_peft_suite")
+
+    monkeypatch.setattr(experiment, "load_data", broken)
+    with pytest.raises(TypeError, match="a bug in hf_peft_suite"):
+        main([*QUICK, "--output_dir", str(tmp_path / "out")])
 
 
 # ------------------------------------------------------------------------------------------------- models

@@ -11,6 +11,8 @@ from hf_peft_suite.cli import main
 from hf_peft_suite.comparison import comparison_cells, recommended_settings
 from hf_peft_suite.methods import METHODS, library_problem
 
+pytestmark = pytest.mark.slow  # real processes or whole training runs
+
 QUICK = ["--preset", "tiny", "--max_steps", "3", "--max_eval_samples", "24", "--eval_strategy", "no"]
 
 

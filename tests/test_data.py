@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from hf_peft_suite.arguments import DataArguments
@@ -10,6 +9,8 @@ from hf_peft_suite.data import clean_review, load_data
 from hf_peft_suite.errors import UsageError
 from hf_peft_suite.metrics import LabelScorer
 from hf_peft_suite.tiny import TINY_DATASET_NAME
+
+from .helpers import write_split_files
 
 
 def test_clean_review_replaces_html_breaks_and_lowercases():
@@ -39,18 +40,6 @@ def test_eval_split_is_sorted_longest_first(tiny_tokenizer):
     assert lengths == sorted(lengths, reverse=True)
 
 
-def write_split_files(folder, train_rows, test_rows, suffix=".csv"):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train_rows), ("test", test_rows)):
-        frame = pd.DataFrame(rows)
-        path = folder / f"{name}{suffix}"
-        if suffix == ".csv":
-            frame.to_csv(path, index=False)
-        elif suffix == ".jsonl":
-            frame.to_json(path, orient="records", lines=True)
-        else:
-            frame.to_parquet(path)
-    return folder
 
 
 ROWS = [{"review": "great movie", "sentiment": "positive"}, {"review": "awful plot", "sentiment": "negative"}] * 4

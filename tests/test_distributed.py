@@ -17,6 +17,8 @@ import pytest
 from .conftest import REPO_ROOT
 from .helpers import evaluate_in_one_process, free_port, load_trained_model, read_results, run_cli
 
+pytestmark = pytest.mark.slow  # real processes or whole training runs
+
 EVAL_EXAMPLES, EVAL_BATCH, WORLD_SIZE = 37, 8, 2  # 37 is not a multiple of 2 x 8
 CELL_ARGS = [
     "--preset", "tiny", "--max_train_samples", "512", "--max_steps", "24", "--learning_rate", "0.03",
@@ -94,3 +96,4 @@ def test_every_shipped_accelerate_config_is_one_accelerate_accepts(config):
         assert loaded.fsdp_config["fsdp_use_orig_params"] is True
     if config == "deepspeed_zero3.yaml":
         assert loaded.deepspeed_config["zero3_save_16bit_model"] is True
+

@@ -123,6 +123,7 @@ def test_flags_override_json_config_which_overrides_preset(tmp_path):
     assert parsed.model.model_name_or_path == "builtin:tiny-t5"  # from the preset
 
 
+@pytest.mark.slow
 def test_json_config_runs_and_a_second_run_never_overwrites_the_first(tmp_path):
     output_dir = tmp_path / "run"
     config = tmp_path / "tiny.json"
@@ -142,6 +143,7 @@ def test_json_config_runs_and_a_second_run_never_overwrites_the_first(tmp_path):
     assert (output_dir / "results.json").read_bytes() == saved
 
 
+@pytest.mark.slow
 def test_real_imdb_slice_with_the_real_tokenizer_and_random_t5_small(shared_imdb, t5_small_path, tmp_path):
     """The README's check on real data: ../shared IMDB, the real t5-small tokenizer, random weights, 2 steps."""
     results = run_experiment(

@@ -28,6 +28,8 @@ from hf_peft_suite.methods.lora import (
 )
 from hf_peft_suite.tiny import build_tiny_dataset, build_tiny_model
 
+from .helpers import max_abs_diff
+
 peft = pytest.importorskip("peft")
 
 OPTIONS = LoRAOptions(lora_r=4, lora_alpha=8, lora_dropout=0.0)
@@ -77,8 +79,6 @@ def copy_lora_weights(scratch: LoRAModel, library) -> None:
             library_parameters[peft_name(name)].copy_(tensor)
 
 
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
 
 
 # --------------------------------------------------------------------------------------------- the layer itself

@@ -8,6 +8,8 @@ import pytest
 from hf_peft_suite.comparison import comparison_cells
 from hf_peft_suite.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # real processes or whole training runs
+
 CELLS, _ = comparison_cells()
 CHANCE = 0.5
 

@@ -15,12 +15,10 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, HfArgumentParser
 
 import hf_peft_suite  # noqa: F401  (registers the delta models with the Auto classes)
 from hf_peft_suite.errors import UsageError
+from hf_peft_suite.files import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from hf_peft_suite.methods import build_method_model, get_method
 from hf_peft_suite.methods.delta import DELTA_WEIGHTS_NAME
 from hf_peft_suite.methods.prompt_tuning import (
-    PEFT_CONFIG_NAME,
-    PEFT_PROMPT_KEY,
-    PEFT_WEIGHTS_NAME,
     PromptTuningOptions,
     SoftPromptModel,
     build_peft_prompt_tuning,
@@ -30,6 +28,8 @@ from hf_peft_suite.methods.prompt_tuning import (
     text_token_ids,
 )
 from hf_peft_suite.tiny import make_tiny_review
+
+from .helpers import trainable
 
 peft = pytest.importorskip("peft")
 
@@ -162,8 +162,6 @@ def t5_small_on_meta(t5_small_path):
     return build
 
 
-def trainable(model) -> int:
-    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
 
 
 def test_trainable_parameters_on_t5_small_are_n_times_d_model_in_both(t5_small_on_meta):

@@ -16,9 +16,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from hf_peft_suite.experiment import run_experiment
-from hf_peft_suite.tiny import build_tiny_tokenizer
 from hf_peft_suite.methods import METHODS, library_problem
+from hf_peft_suite.tiny import build_tiny_tokenizer
 from hf_peft_suite.weights import tensor_shapes
+
+pytestmark = pytest.mark.slow  # real processes or whole training runs
 
 ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 STOP_AFTER = 4  # steps; 3 steps per epoch, so the stop falls inside epoch 2
