@@ -175,6 +175,13 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 f"--num_train_epochs {self.num_train_epochs:g} trains nothing; give a positive number of epochs or "
                 f"--max_steps N"
             )
+        if (self.fsdp or self.deepspeed) and not torch.cuda.is_available():
+            # Checked before Seq2SeqTrainingArguments sets accelerate's environment variables for it.
+            flag = "--fsdp" if self.fsdp else "--deepspeed"
+            raise UsageError(
+                f"{flag} needs GPUs: on CPUs accelerate drops it and would run plain data parallelism instead; leave "
+                f"{flag} out (several CPU processes: torchrun --nproc_per_node N ... --use_cpu true)"
+            )
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
         default_report_to(self)

@@ -26,21 +26,12 @@ def launched_world_size() -> int:
 
 
 def check_launch(training) -> None:
-    """Refuse processes that a launcher started together but that would not train together, and sharding (FSDP,
-    DeepSpeed) that cannot happen on CPUs.
+    """Refuse processes that a launcher started together but that would not train together.
 
     ``torchrun``/``accelerate launch`` set ``WORLD_SIZE``; if the training arguments see fewer processes (on a
     machine without GPUs and without ``--use_cpu``, or an FSDP/DeepSpeed config on CPUs), each process would train
     alone and all of them would write the same ``output_dir``.
     """
-    import torch
-
-    if (training.fsdp or training.deepspeed) and not torch.cuda.is_available():
-        flag = "--fsdp" if training.fsdp else "--deepspeed"
-        raise UsageError(
-            f"{flag} needs GPUs: on CPUs accelerate drops it and would run plain data parallelism instead; leave "
-            f"{flag} out (several CPU processes: torchrun --nproc_per_node N ... --use_cpu true)"
-        )
     launched = launched_world_size()
     if launched > 1 and training.world_size != launched:
         raise UsageError(

@@ -137,8 +137,10 @@ def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
 def test_fsdp_on_a_machine_without_gpus_is_refused_rather_than_silently_run_as_data_parallel(tmp_path, capsys):
     # Tried with two gloo processes: accelerate builds a MULTI_CPU state and drops the FSDP plugin (or, syncing module
     # states, raises "no available devices"), so the run would not be sharded at all (docs/distributed.md).
+    environment = dict(os.environ)
     assert_refused([*QUICK, "--method", "lora", "--fsdp", "full_shard auto_wrap", "--output_dir", tmp_path / "out"],
                    r"--fsdp needs GPUs: on CPUs accelerate drops it", capsys, absent=tmp_path / "out")
+    assert dict(os.environ) == environment  # refused before transformers sets ACCELERATE_USE_FSDP for this process
 
 
 @pytest.mark.slow
