@@ -5,11 +5,16 @@ evaluated by this one class, so all are measured the same way:
 
 - evaluation runs ``generate`` with ``max_new_tokens`` = the longest tokenized label word (2 for ``positive</s>``),
   decodes, maps each text to its class (anything else is invalid) and reports accuracy, macro-F1, invalid rate;
+- the encoder runs once per evaluation batch: ``eval_loss`` comes from the encoder output ``generate`` computed
+  (:mod:`hf_peft_suite.one_pass`), not from a second full forward pass as in ``Seq2SeqTrainer``; it is the mean
+  cross-entropy per label token over the evaluation set, whatever the batching or the number of processes;
+- with ``--bf16`` the whole evaluation step, ``generate``'s encoder included, runs under autocast (on CPUs too);
 - it is exact under distributed evaluation: ``Seq2SeqTrainer.evaluate`` gathers with ``accelerator.gather``, so when
   N examples do not divide evenly across processes and batches, the last batches are padded with repeated examples.
-  Those come last in the gathered arrays and are dropped, so each of the N examples is scored exactly once
-  (``eval_num_scored`` == N); the class ids of the last evaluation stay in :attr:`last_eval_class_ids`, in the order
-  of the eval dataset (evaluation never reorders it, also not under ``--group_by_length``);
+  Those come last in the gathered arrays and are dropped, from the predictions and from the loss alike, so each of
+  the N examples is scored exactly once (``eval_num_scored`` == N); the class ids of the last evaluation stay in
+  :attr:`last_eval_class_ids`, in the order of the eval dataset (evaluation never reorders it, also not under
+  ``--group_by_length``);
 - ``--group_by_length`` batches are drawn from the seed and the epoch (:class:`EpochSeededLengthGroupedSampler`), so a
   run resumed mid-epoch sees the batches the interrupted run would have seen;
 - checkpoints hold what the cell trains: the cell's :class:`~hf_peft_suite.methods.formats.ArtifactFormat` writes
@@ -36,6 +41,7 @@ from transformers.trainer_utils import has_length
 from .errors import UsageError
 from .methods.formats import ArtifactFormat
 from .metrics import LabelScorer
+from .one_pass import capture_encoder, decoding_model, label_token_losses, reusable
 from .weights import first_line
 
 # What loading a damaged or foreign checkpoint raises (safetensors' SafetensorError is added where it is used):
@@ -95,6 +101,27 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
         finally:
             self._expected_eval_examples = None
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """Generate, and take the loss from the encoder output generation computed (one encoder pass).
+
+        Returns ``(None, (generated ids, per-example label-token loss sums and counts), labels)``: the loss travels
+        with the predictions, so the padded repeats of distributed evaluation are dropped from it as from them
+        (:meth:`_compute_metrics`). Falls back to ``Seq2SeqTrainer``'s two passes where the encoder output cannot
+        be reused (peft prefix tuning, label smoothing, FSDP or DeepSpeed-sharded models).
+        """
+        if (prediction_loss_only or self.label_smoother is not None or self.is_fsdp_enabled
+                or self.is_deepspeed_enabled or "labels" not in inputs or not reusable(model)):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        inputs = self._prepare_inputs(inputs)
+        gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs}
+        gen_kwargs = {key: value for key, value in gen_kwargs.items() if value is not None}
+        with torch.no_grad(), self.accelerator.autocast(), capture_encoder(model) as encoded:
+            generated = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                       **gen_kwargs)
+            logits = decoding_model(model)(encoder_outputs=encoded.outputs, attention_mask=encoded.attention_mask,
+                                           labels=inputs["labels"]).logits
+        return None, (generated, label_token_losses(logits, inputs["labels"])), inputs["labels"]
+
     def _get_train_sampler(self, *args, **kwargs):
         sampler = super()._get_train_sampler(*args, **kwargs)
         if isinstance(sampler, LengthGroupedSampler):
@@ -111,15 +138,20 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
 
     def _compute_metrics(self, eval_prediction) -> dict[str, float]:
         predictions, label_ids = eval_prediction.predictions, eval_prediction.label_ids
+        loss_sums = None
         if isinstance(predictions, tuple):
-            predictions = predictions[0]
+            predictions, loss_sums = predictions[0], (predictions[1] if len(predictions) > 1 else None)
         expected = self._expected_eval_examples
         if expected is not None and len(predictions) > expected:
             # Distributed padding: repeated examples fill the last batches and come last after the gather.
             predictions, label_ids = predictions[:expected], label_ids[:expected]
+            loss_sums = loss_sums[:expected] if loss_sums is not None else None
         predicted, references = self.scorer.class_ids(predictions, label_ids)
         self.last_eval_class_ids = {"predictions": predicted, "references": references}
-        return self.scorer.score_ids(predicted, references)
+        metrics = self.scorer.score_ids(predicted, references)
+        if loss_sums is not None:  # one encoder pass: the loss came with the predictions (see prediction_step)
+            metrics = {"loss": float(loss_sums[:, 0].sum() / max(loss_sums[:, 1].sum(), 1.0)), **metrics}
+        return metrics
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None):

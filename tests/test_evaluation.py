@@ -1,0 +1,120 @@
+"""Evaluation: one encoder pass per batch gives exactly what Seq2SeqTrainer's two passes gave, for every cell."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+from hf_peft_suite.arguments import TrainingArguments
+from hf_peft_suite.data import load_data
+from hf_peft_suite.methods import METHODS, build_method_model, library_problem
+from hf_peft_suite.tiny import TINY_DATASET_NAME, build_tiny_model
+from hf_peft_suite.trainer import GenerationAccuracyTrainer
+
+SMALL_OPTIONS = {"prompt_tuning": {"num_virtual_tokens": 4}, "adapter": {"adapter_reduction_factor": 4},
+                 "lora": {"lora_r": 4}}
+
+
+def cells():
+    for name, method in METHODS.items():
+        for implementation in ("scratch", "library"):
+            if implementation == "library" and method.build_library is None:
+                continue
+            problem = library_problem(method) if implementation == "library" else None
+            yield pytest.param(name, implementation, id=f"{name}-{implementation}",
+                               marks=[pytest.mark.skipif(problem is not None, reason=str(problem))])
+
+
+def build_cell(method: str, implementation: str, tokenizer):
+    """A tiny cell whose trainable weights are random (not their no-op init), so its outputs mean something."""
+    chosen = METHODS[method]
+    options = chosen.options(**SMALL_OPTIONS.get(method, {})) if chosen.options else None
+    model = build_method_model(build_tiny_model(seed=0), method, implementation, options, tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad and method != "full":
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model.eval()
+
+
+class TwoPassTrainer(GenerationAccuracyTrainer):
+    """What evaluation did before: Seq2SeqTrainer's prediction step (generate, then a full forward for the loss)."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        return Seq2SeqTrainer.prediction_step(self, model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+
+
+def count_encoder_calls(model) -> list[int]:
+    calls = [0]
+    model.get_encoder().register_forward_hook(lambda *args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def data(tiny_tokenizer):
+    return load_data(dataset_name=TINY_DATASET_NAME, tokenizer=tiny_tokenizer, max_source_length=64,
+                     max_eval_samples=45, max_train_samples=8)
+
+
+def trainer_for(cls, model, data, tokenizer, tmp_path):
+    return cls(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, use_cpu=True,
+                               disable_tqdm=True, report_to="none"),
+        eval_dataset=data.eval_dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        label_words=data.label_words,
+    )
+
+
+@pytest.mark.parametrize(("method", "implementation"), cells())
+def test_one_encoder_pass_gives_the_two_pass_predictions_and_loss(method, implementation, data, tiny_tokenizer,
+                                                                   tmp_path):
+    model = build_cell(method, implementation, tiny_tokenizer)
+    batches = -(-len(data.eval_dataset) // 8)  # 45 examples, batches of 8: 6 batches, the last one of 5
+
+    calls = count_encoder_calls(model)
+    one_pass = trainer_for(GenerationAccuracyTrainer, model, data, tiny_tokenizer, tmp_path / "one")
+    metrics = one_pass.evaluate()
+    assert calls[0] == batches
+
+    calls[0] = 0
+    two_pass = trainer_for(TwoPassTrainer, model, data, tiny_tokenizer, tmp_path / "two")
+    reference = two_pass.evaluate()
+    assert calls[0] == 2 * batches
+
+    assert one_pass.last_eval_class_ids == two_pass.last_eval_class_ids
+    for key in ("eval_accuracy", "eval_macro_f1", "eval_invalid_rate", "eval_num_scored"):
+        assert metrics[key] == reference[key]
+
+    # Batch by batch: the same generated token ids (the two-pass step pads them to generation_config.max_length) and
+    # the same loss (T5's mean over the batch's label tokens).
+    label_tokens = two_pass_loss = 0.0
+    for batch in one_pass.get_eval_dataloader():
+        _, (generated, sums_and_counts), _ = one_pass.prediction_step(model, batch, prediction_loss_only=False)
+        loss, padded, _ = two_pass.prediction_step(model, batch, prediction_loss_only=False)
+        assert torch.equal(generated, padded[:, : generated.shape[1]])
+        assert (padded[:, generated.shape[1]:] == tiny_tokenizer.pad_token_id).all()
+        batch_tokens = sums_and_counts[:, 1].sum().item()
+        assert abs(sums_and_counts[:, 0].sum().item() / batch_tokens - loss.item()) <= 1e-6
+        label_tokens += batch_tokens
+        two_pass_loss += loss.item() * batch_tokens
+    # eval_loss is the mean over all label tokens. Trainer's own aggregate repeats each batch's loss by the size of
+    # the *first* batch, so it over-weights a short last batch (45 = 5 x 8 + 5 here); with full batches they agree.
+    assert abs(metrics["eval_loss"] - two_pass_loss / label_tokens) <= 1e-6
+
+
+@pytest.mark.parametrize(("method", "implementation"), [("lora", "scratch"), ("prompt_tuning", "library")])
+def test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own(method, implementation, tiny_tokenizer,
+                                                                        tmp_path):
+    data = load_data(dataset_name=TINY_DATASET_NAME, tokenizer=tiny_tokenizer, max_source_length=64,
+                     max_eval_samples=48, max_train_samples=8)
+    if library_problem(METHODS[method]) and implementation == "library":
+        pytest.skip(library_problem(METHODS[method]))
+    model = build_cell(method, implementation, tiny_tokenizer)
+    metrics = trainer_for(GenerationAccuracyTrainer, model, data, tiny_tokenizer, tmp_path / "one").evaluate()
+    reference = trainer_for(TwoPassTrainer, model, data, tiny_tokenizer, tmp_path / "two").evaluate()
+    assert abs(metrics["eval_loss"] - reference["eval_loss"]) <= 1e-6
