@@ -29,7 +29,7 @@ import torch
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from .compat import apply_4_57_training_flags, default_report_to
+from .compat import apply_4_57_training_flags, cpu_bf16_problem, default_report_to
 from .errors import UsageError
 from .methods import IMPLEMENTATIONS, METHODS
 
@@ -182,6 +182,13 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 f"{flag} needs GPUs: on CPUs accelerate drops it and would run plain data parallelism instead; leave "
                 f"{flag} out (several CPU processes: torchrun --nproc_per_node N ... --use_cpu true)"
             )
+        if self.bf16 and not _has_accelerator():
+            problem = cpu_bf16_problem()
+            if problem:
+                raise UsageError(f"--bf16 on this machine: {problem}; leave --bf16 out")
+            # Trainer refuses bf16 without a GPU ("Your setup doesn't support bf16/gpu") unless told to use the CPU:
+            # on a CPU with bf16 instructions it runs under torch's CPU autocast.
+            self.use_cpu = True
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
         default_report_to(self)
@@ -192,6 +199,11 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             raise
         except (ValueError, ImportError) as error:
             raise UsageError(f"invalid training arguments: {error}") from None
+
+
+def _has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or (mps is not None and mps.is_available())
 
 
 @dataclass

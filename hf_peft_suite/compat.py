@@ -49,3 +49,31 @@ def hub_revision(training_args) -> str | None:
     """``--hub_revision`` (transformers 5.x only; ``None`` on 4.57, which pushes to the main branch)."""
     return getattr(training_args, "hub_revision", None)
 
+
+
+def cpu_bf16_problem() -> str | None:
+    """Why bfloat16 would not pay off on this machine's CPU (``None`` when it has bf16 instructions).
+
+    Uses torch's own CPU feature checks (private helpers, absent from some builds: then the answer is unknown and
+    bf16 is allowed). Without avx512_bf16 or AMX (x86) or the bf16 extension (Arm), bf16 matrix products are
+    emulated: slower than float32, and less precise.
+    """
+    import platform
+
+    import torch
+
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        checks = [check for check in checks if check is not None]
+        if not checks or any(check() for check in checks):
+            return None
+        return "this CPU has no bfloat16 instructions (avx512_bf16 or AMX), so bf16 would be emulated: slower than fp32"
+    if machine in ("aarch64", "arm64"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as file:
+                flags = file.read().split()
+        except OSError:
+            return None  # macOS and others: no cpuinfo to read; let torch decide
+        return None if "bf16" in flags else "this Arm CPU has no bf16 extension, so bf16 would be emulated"
+    return None
