@@ -30,6 +30,8 @@ _LAZY = {
     "GenerationAccuracyTrainer": "trainer",
     "run_comparison": "comparison",
     "write_report": "report",
+    "load_run": "runs",
+    "evaluate_run": "runs",
 }
 
 __all__ = ["UsageError", "__version__", "methods", *_LAZY]

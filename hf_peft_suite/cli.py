@@ -3,7 +3,11 @@
 - ``--method all`` runs every installed method x implementation and writes the comparison table and plot;
 - ``hf-peft-suite report DIR [DIR ...] [--output_dir OUT]`` rebuilds them from existing ``results.json`` files;
 - ``hf-peft-suite push OUTPUT_DIR --hub_model_id NAME`` pushes a finished run's trained delta and model card to the
-  Hugging Face Hub (what ``--push_to_hub`` does after training).
+  Hugging Face Hub (what ``--push_to_hub`` does after training);
+- ``hf-peft-suite evaluate RUN_DIR [--output_dir DIR] [data flags]`` evaluates a finished run, on its own evaluation
+  data or other data, and writes ``eval_results.json`` and ``eval_predictions.json`` (works under ``torchrun``);
+- ``hf-peft-suite predict RUN_DIR "text" ...`` prints the label word the run's model writes for each text;
+  ``--input_file FILE`` labels a csv/jsonl/parquet file's texts into ``predictions.jsonl`` and ``summary.json``.
 
 Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works (``--help`` lists them). A user's
 mistake (a :class:`~hf_peft_suite.errors.UsageError`) prints one line, ``error: <problem and fix>``, and exits with
@@ -14,10 +18,13 @@ code 2; anything else is a bug and shows its traceback. ``HF_PEFT_SUITE_TRACEBAC
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -43,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     try:
         _quiet_libraries()
-        if argv[:1] == ["report"]:
-            return report_main(argv[1:])
-        if argv[:1] == ["push"]:
-            return push_main(argv[1:])
+        if argv[:1] and argv[0] in SUBCOMMANDS:
+            code = SUBCOMMANDS[argv[0]](argv[1:])
+            finished = True
+            return code
         from .arguments import parse_arguments, requested_method
         from .experiment import run_parsed_experiment
 
@@ -121,6 +128,96 @@ def push_main(argv: list[str]) -> int:
                          True if options.hub_private_repo else None, options.hub_revision)
     print(f"pushed {', '.join(record['files'])} to {record['url']}")
     return 0
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``evaluate RUN_DIR [--output_dir DIR] [--dataset_name ... --eval_file ... --max_eval_samples N ...]``."""
+    from .arguments import DataArguments, parse_flags
+    from .runs import EVAL_RESULTS_NAME, evaluate_run
+
+    if {"-h", "--help"} & set(argv):
+        _evaluation_parser().print_help()
+        return 0
+    if not argv or argv[0].startswith("-"):
+        raise UsageError("evaluate needs the folder of a finished run: hf-peft-suite evaluate RUN_DIR [--output_dir DIR]"
+                         " (see hf-peft-suite evaluate --help)")
+    run_dir, flags = argv[0], parse_flags(argv[1:], _evaluation_parser())
+    training_only = sorted({"train_file", "train_split", "max_train_samples"} & set(flags))
+    if training_only:
+        raise UsageError(f"evaluate uses no training data: leave out --{', --'.join(training_only)}")
+    options = {key: flags.pop(key) for key in ("output_dir", "per_device_eval_batch_size", "bf16") if key in flags}
+    if options.get("output_dir") is None:
+        options["output_dir"] = f"outputs/evaluate-{Path(run_dir).absolute().name}-{_stamp()}"
+    assert set(flags) <= {f.name for f in dataclasses.fields(DataArguments)}
+    metrics = evaluate_run(run_dir, **options, **flags)
+    if _is_main_process():
+        print(json.dumps(metrics, indent=2))
+        print(f"written: {Path(options['output_dir']) / EVAL_RESULTS_NAME}")
+    return 0
+
+
+@dataclasses.dataclass
+class _EvaluationOptions:
+    """Options of ``hf-peft-suite evaluate`` besides the data flags."""
+
+    output_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "Where to write eval_results.json and eval_predictions.json (a new folder)."})
+    per_device_eval_batch_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "Evaluation batch size per device (default: the run's)."})
+    bf16: bool = dataclasses.field(default=False, metadata={"help": "Evaluate under bfloat16 autocast."})
+
+
+def _evaluation_parser():
+    from transformers import HfArgumentParser
+
+    from .arguments import DataArguments
+
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            raise UsageError(f"{message} (see hf-peft-suite evaluate --help)")
+
+    return Parser([DataArguments, _EvaluationOptions], prog="hf-peft-suite evaluate RUN_DIR")
+
+
+def predict_main(argv: list[str]) -> int:
+    """``predict RUN_DIR "text" ...`` or ``predict RUN_DIR --input_file FILE [--output_dir DIR]``."""
+    from .runs import load_run, predict_file
+
+    parser = _SubcommandParser(prog="hf-peft-suite predict", description=predict_main.__doc__)
+    parser.add_argument("run_dir", help="the --output_dir of a finished run")
+    parser.add_argument("texts", nargs="*", help="texts to label (cleaned and truncated as in training)")
+    parser.add_argument("--input_file", default=None, help="a csv/jsonl/parquet file of texts to label")
+    parser.add_argument("--text_column", default=None, help="its column of texts (default: the run's text column)")
+    parser.add_argument("--output_dir", default=None, help="where --input_file's predictions.jsonl and summary.json go")
+    parser.add_argument("--batch_size", type=int, default=32, help="texts per generate call")
+    options = parser.parse_args(argv)
+    if bool(options.texts) == bool(options.input_file):
+        raise UsageError('give texts to label, or --input_file FILE (not both): hf-peft-suite predict RUN_DIR "text"')
+    if options.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, not {options.batch_size}")
+    if options.input_file:
+        output_dir = options.output_dir or f"outputs/predict-{Path(options.input_file).stem}-{_stamp()}"
+        summary = predict_file(options.run_dir, options.input_file, output_dir, options.text_column,
+                               options.batch_size)
+        print(json.dumps(summary, indent=2))
+        return 0
+    for prediction in load_run(options.run_dir).predict(options.texts, batch_size=options.batch_size):
+        label = prediction.label if prediction.valid else f"invalid (wrote {prediction.output!r})"
+        print(f"{label}\t{prediction.text}")
+    return 0
+
+
+def _stamp() -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+SUBCOMMANDS = {"report": report_main, "push": push_main, "evaluate": evaluate_main, "predict": predict_main}
 
 
 if __name__ == "__main__":

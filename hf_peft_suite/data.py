@@ -7,6 +7,7 @@ empty text or split, an unreachable Hub dataset) is a :class:`UsageError` raised
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,27 +39,33 @@ class PreparedData:
 
 
 # ------------------------------------------------------------------------------------------------------ loading
-def load_raw_dataset(args: DataArguments):
-    """A ``DatasetDict`` from the built-in tiny data, local files or folder, or the Hub."""
+def load_raw_dataset(args: DataArguments, evaluation_only: bool = False):
+    """A ``DatasetDict`` from the built-in tiny data, local files or folder, or the Hub.
+
+    ``evaluation_only``: only the evaluation split is needed (``--eval_file`` alone is enough).
+    """
     from datasets import load_dataset
 
     if args.dataset_name == TINY_DATASET_NAME and not (args.train_file or args.eval_file):
         return build_tiny_dataset()
     if args.train_file or args.eval_file:
-        files = {args.train_split: args.train_file, args.eval_split: args.eval_file}
+        files = {args.eval_split: args.eval_file} if evaluation_only else {
+            args.train_split: args.train_file, args.eval_split: args.eval_file}
         if None in files.values():
-            raise UsageError("give both --train_file and --eval_file (or neither, and --dataset_name)")
+            raise UsageError("give both --train_file and --eval_file (or neither, and --dataset_name)"
+                             if not evaluation_only else "give --eval_file (or --dataset_name)")
         for path in files.values():
             if not os.path.isfile(path):
                 raise UsageError(f"data file {path} does not exist")
-        builder = _file_builder(files[args.train_split])
+        builder = _file_builder(next(iter(files.values())))
         return _load(lambda: load_dataset(builder, data_files=files), f"the files {', '.join(files.values())}")
     path = Path(args.dataset_name)
     if path.is_dir():
         return _load(lambda: load_dataset(str(path), args.dataset_config_name), f"the folder {path}")
     if path.is_file():
         builder = _file_builder(str(path))
-        return _load(lambda: load_dataset(builder, data_files={args.train_split: str(path)}), f"the file {path}")
+        split = args.eval_split if evaluation_only else args.train_split
+        return _load(lambda: load_dataset(builder, data_files={split: str(path)}), f"the file {path}")
     if args.dataset_name.startswith((".", "/", "~")) or os.sep + os.sep in args.dataset_name:
         raise UsageError(f"dataset path {args.dataset_name} does not exist; give an existing folder or file")
     try:
@@ -70,6 +77,25 @@ def load_raw_dataset(args: DataArguments):
             f"{first_line(error)}). Without network access, run `--preset tiny` (built in, offline), or point "
             f"--dataset_name at a local copy (a folder in Hub layout, or csv/jsonl/parquet files named by split)"
         ) from None
+
+
+def read_text_file(path: str | os.PathLike, text_column: str) -> list[str]:
+    """The texts of one csv/jsonl/parquet file's ``text_column``, in file order (empty texts refused)."""
+    from datasets import load_dataset
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"input file {path} does not exist")
+    dataset = _load(lambda: load_dataset(_file_builder(path), data_files={"input": path})["input"], f"the file {path}")
+    if text_column not in dataset.column_names:
+        raise UsageError(f"{path} has no column {text_column!r} (columns: {dataset.column_names}); name it with "
+                         f"--text_column")
+    texts = dataset[text_column]
+    bad = [index for index, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if bad:
+        raise UsageError(f"{len(bad)} rows of {path} have no text in {text_column!r} (the first is row {bad[0]}); "
+                         f"remove them or choose another --text_column")
+    return texts
 
 
 def _file_builder(path: str) -> str:
@@ -209,33 +235,60 @@ def load_data(args: DataArguments | None = None, tokenizer=None, seed: int = 42,
     if tokenizer is None:
         raise UsageError("load_data needs the tokenizer of the model to be trained (tokenizer=...)")
     raw = load_raw_dataset(args)
-    for split in (args.train_split, args.eval_split):
-        if split not in raw:
-            option = "--train_split" if split == args.train_split else "--eval_split"
-            raise UsageError(f"the dataset has no split {split!r} (splits: {list(raw)}); choose one with {option}")
-    train, evaluation = raw[args.train_split], raw[args.eval_split]
-    _check_split(train, args.train_split, args)
-    _check_split(evaluation, args.eval_split, args)
+    train, evaluation = _split(raw, args.train_split, "--train_split", args), _split(raw, args.eval_split,
+                                                                                  "--eval_split", args)
     words, value_to_id = resolve_label_words(train, evaluation, args)
     check_words_survive_tokenizer(words, tokenizer)
     train = _subset(train, args.max_train_samples, seed)
     evaluation = _subset(evaluation, args.max_eval_samples, seed)
     _check_texts(train, args.train_split, args)
     _check_texts(evaluation, args.eval_split, args)
+    tokenize = _tokenizer_function(args, tokenizer, words, value_to_id)
+    return PreparedData(_tokenized(train, tokenize, False), _tokenized(evaluation, tokenize, True), words)
 
+
+def load_eval_data(args: DataArguments, tokenizer, label_words: list[str], seed: int = 42) -> PreparedData:
+    """Only the evaluation split, prepared as :func:`load_data` prepares it, with a trained run's ``label_words``.
+
+    The data's labels must be among ``label_words`` (ClassLabel columns in the run's class order); the returned
+    ``train_dataset`` is ``None``.
+    """
+    args = dataclasses.replace(args, label_words=list(label_words))
+    evaluation = _split(load_raw_dataset(args, evaluation_only=True), args.eval_split, "--eval_split", args)
+    words, value_to_id = resolve_label_words(evaluation, evaluation, args)
+    evaluation = _subset(evaluation, args.max_eval_samples, seed)
+    _check_texts(evaluation, args.eval_split, args)
+    return PreparedData(None, _tokenized(evaluation, _tokenizer_function(args, tokenizer, words, value_to_id), True),
+                        words)
+
+
+def _split(raw, name: str, option: str, args: DataArguments):
+    if name not in raw:
+        raise UsageError(f"the dataset has no split {name!r} (splits: {list(raw)}); choose one with {option}")
+    _check_split(raw[name], name, args)
+    return raw[name]
+
+
+def prepare_texts(texts: list, args: DataArguments) -> list:
+    """The run's own cleaning (the reference notebook's, unless --no_clean_text)."""
+    return [clean_review(text) if args.clean_text else text for text in texts]
+
+
+def _tokenizer_function(args: DataArguments, tokenizer, words: list[str], value_to_id: dict):
     def tokenize(batch):
-        texts = [clean_review(t) if args.clean_text else t for t in batch[args.text_column]]
         targets = [words[value_to_id[value]] for value in batch[args.label_column]]
-        encoded = tokenizer(texts, max_length=args.max_source_length, truncation=True)
+        encoded = tokenizer(prepare_texts(batch[args.text_column], args), max_length=args.max_source_length,
+                            truncation=True)
         encoded["labels"] = tokenizer(text_target=targets).input_ids
         return encoded
 
-    def prepare(dataset, sort_by_length: bool):
-        columns = dataset.column_names
-        dataset = dataset.map(tokenize, batched=True, remove_columns=columns, desc="Tokenizing")
-        if sort_by_length:
-            lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-            dataset = dataset.select(np.argsort(-lengths, kind="stable")).flatten_indices()
-        return dataset
+    return tokenize
 
-    return PreparedData(prepare(train, False), prepare(evaluation, True), words)
+
+def _tokenized(dataset, tokenize, sort_by_length: bool):
+    """``dataset`` tokenized (only model inputs and labels left), longest first when ``sort_by_length``."""
+    dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
+    if sort_by_length:
+        lengths = np.array([len(ids) for ids in dataset["input_ids"]])
+        dataset = dataset.select(np.argsort(-lengths, kind="stable")).flatten_indices()
+    return dataset

@@ -27,7 +27,7 @@ OFFLINE_HINT = (
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
-def _loading_errors() -> tuple[type[BaseException], ...]:
+def loading_errors() -> tuple[type[BaseException], ...]:
     """What ``from_pretrained`` raises for a name it cannot reach or a folder it cannot read: ``OSError`` (missing,
     offline, no safetensors), ``ValueError`` (unknown architecture, custom code refused, bad JSON), ``KeyError``
     (a config without ``model_type``) and safetensors' error for a damaged weights file. Anything else is a bug."""
@@ -79,7 +79,7 @@ def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path:
     check_local_path(name, "tokenizer" if tokenizer_name_or_path else "model")
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    except _loading_errors() as error:
+    except loading_errors() as error:
         raise _unreachable("tokenizer", name, error) from None
 
 
@@ -94,7 +94,7 @@ def load_model_config(model_name_or_path: str):
     check_local_path(model_name_or_path, "model")
     try:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=False)
-    except _loading_errors() as error:
+    except loading_errors() as error:
         raise _unreachable("model", model_name_or_path, error) from None
     if not getattr(config, "is_encoder_decoder", False):
         raise UsageError(
@@ -119,7 +119,7 @@ def load_base_model(model_name_or_path: str = "t5-small", random_init: bool = Fa
         return model
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(model_name_or_path, use_safetensors=True, trust_remote_code=False)
-    except _loading_errors() as error:
+    except loading_errors() as error:
         raise _unreachable("model", model_name_or_path, error) from None
 
 

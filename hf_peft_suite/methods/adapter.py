@@ -442,6 +442,15 @@ class AdapterHubFormat(ArtifactFormat):
         return True
 
 
+    def load_trained(self, directory: str, base):
+        """``base()`` with the adapter saved in ``directory`` loaded and active, as AdapterHub loads one."""
+        adapters = _require_adapterhub()
+        model = base()
+        adapters.init(model)
+        model.load_adapter(directory, set_active=True, use_safetensors=True)
+        return model
+
+
 ADAPTERHUB_ADAPTER = AdapterHubFormat()
 
 

@@ -265,7 +265,7 @@ def load_base_model(config: DeltaConfig, delta_source: str | None = None, **kwar
         )
     path = resolve_base_path(name, delta_source)
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True, **kwargs)
+        return AutoModelForSeq2SeqLM.from_pretrained(path, **{"use_safetensors": True, **kwargs})
     except OSError as error:
         raise UsageError(
             f"cannot load the base model {name!r} that this delta was trained on ({error}); pass "

@@ -13,6 +13,7 @@ another method, other options or another base wrote, or whose files cannot be re
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from ..errors import UsageError
 from ..files import MODEL_CONFIG_NAME, MODEL_WEIGHTS_INDEX_NAME, MODEL_WEIGHTS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
@@ -42,6 +43,13 @@ class ArtifactFormat:
     def load(self, model, directory: str) -> bool:
         """Load in place and return ``True``; ``False`` leaves it to ``Trainer``."""
         return False
+
+    def load_trained(self, directory: str, base: Callable[[], object]):
+        """The trained model saved in ``directory`` (a run's ``model/``). ``base()`` loads the frozen base model,
+        for formats that hold only a delta and do not name it themselves."""
+        from transformers import AutoModelForSeq2SeqLM
+
+        return AutoModelForSeq2SeqLM.from_pretrained(directory, use_safetensors=True)
 
 
 class DeltaFormat(ArtifactFormat):
@@ -78,6 +86,11 @@ class PeftAdapterFormat(ArtifactFormat):
         if not os.path.isfile(path):
             raise UsageError(f"it holds no {self.weights_name}, the weights this model saves")
         compare_shapes({name: tuple(tensor.shape) for name, tensor in expected.items()}, tensor_shapes(path), path)
+
+    def load_trained(self, directory: str, base: Callable[[], object]):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base(), directory)
 
 
 WHOLE_MODEL = ArtifactFormat()
