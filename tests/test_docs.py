@@ -1,4 +1,4 @@
-"""The Python examples in the docs run as written (in a temporary folder, on the built-in tiny model)."""
+"""The Python examples in README.md and docs/api.md run as written (in a temporary folder, on the built-in tiny model)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ def python_blocks(path):
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("block", python_blocks(REPO_ROOT / "docs" / "api.md"))
-def test_api_doc_examples_run(block, tmp_path, monkeypatch):
+DOCUMENTS = ["README.md", "docs/api.md"]
+
+
+@pytest.mark.parametrize(
+    ("document", "block"),
+    [(document, block) for document in DOCUMENTS for block in python_blocks(REPO_ROOT / document)],
+)
+def test_python_examples_in_the_docs_run(document, block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, "docs/api.md", "exec"), {})
+    exec(compile(block, document, "exec"), {})
