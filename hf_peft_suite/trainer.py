@@ -41,7 +41,7 @@ from transformers.trainer_utils import has_length
 from .errors import UsageError
 from .methods.formats import ArtifactFormat
 from .metrics import LabelScorer
-from .one_pass import capture_encoder, decoding_model, label_token_losses, reusable
+from .one_pass import capture_encoder, decoding_model, label_token_losses, reusable, reusable_cross_attention
 from .weights import first_line
 
 # What loading a damaged or foreign checkpoint raises (safetensors' SafetensorError is added where it is used):
@@ -115,12 +115,14 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
         inputs = self._prepare_inputs(inputs)
         gen_kwargs = {**getattr(self, "_gen_kwargs", {}), **gen_kwargs}
         gen_kwargs = {key: value for key, value in gen_kwargs.items() if value is not None}
+        labels = inputs["labels"]
         with torch.no_grad(), self.accelerator.autocast(), capture_encoder(model) as encoded:
-            generated = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                       **gen_kwargs)
+            output = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                    return_dict_in_generate=True, **gen_kwargs)
+            cache = reusable_cross_attention(output, len(labels))
             logits = decoding_model(model)(encoder_outputs=encoded.outputs, attention_mask=encoded.attention_mask,
-                                           labels=inputs["labels"]).logits
-        return None, (generated, label_token_losses(logits, inputs["labels"])), inputs["labels"]
+                                           labels=labels, past_key_values=cache, use_cache=cache is not None).logits
+        return None, (output.sequences, label_token_losses(logits, labels)), labels
 
     def _get_train_sampler(self, *args, **kwargs):
         sampler = super()._get_train_sampler(*args, **kwargs)

@@ -72,14 +72,21 @@ def trainer_for(cls, model, data, tokenizer, tmp_path):
 
 @pytest.mark.parametrize(("method", "implementation"), cells())
 def test_one_encoder_pass_gives_the_two_pass_predictions_and_loss(method, implementation, data, tiny_tokenizer,
-                                                                   tmp_path):
+                                                                   tmp_path, monkeypatch):
+    from hf_peft_suite import one_pass as one_pass_module
+    from hf_peft_suite import trainer as trainer_module
+
     model = build_cell(method, implementation, tiny_tokenizer)
     batches = -(-len(data.eval_dataset) // 8)  # 45 examples, batches of 8: 6 batches, the last one of 5
+    reused = []  # the loss pass starts from generate's cross-attention keys and values, in every batch
+    monkeypatch.setattr(trainer_module, "reusable_cross_attention",
+                        lambda *a: reused.append(one_pass_module.reusable_cross_attention(*a)) or reused[-1])
 
     calls = count_encoder_calls(model)
     one_pass = trainer_for(GenerationAccuracyTrainer, model, data, tiny_tokenizer, tmp_path / "one")
     metrics = one_pass.evaluate()
     assert calls[0] == batches
+    assert len(reused) == batches and all(cache is not None for cache in reused)
 
     calls[0] = 0
     two_pass = trainer_for(TwoPassTrainer, model, data, tiny_tokenizer, tmp_path / "two")

@@ -1,0 +1,330 @@
+"""What a user waits for, side by side in one run: evaluation and training, against the plain code a user would write.
+
+Not a test: a measurement. On the t5-small architecture (random weights from ``../shared/models/t5-small``, LoRA with
+peft on q and v, as a finished run is) and the same 512 IMDB test reviews (``../shared/data/imdb``, a seeded shuffled
+subset, cleaned and truncated to 256 tokens by the project's pipeline), batch 32:
+
+1. **the notebook's loop** (the baseline): a DataLoader over the reviews in dataset order, padding to the longest of
+   each batch, ``model.generate(max_length=5)``, decode, compare with the label words;
+2. **``trainer.evaluate()``**, the whole call (``GenerationAccuracyTrainer``: length-sorted batches, one encoder pass
+   per batch, ``eval_loss`` included), fp32;
+3. **the ``evaluate`` command**, the whole command in a fresh process (``run_experiment.py evaluate RUN_DIR``:
+   start-up, imports, loading the run and the data, evaluating, writing), fp32;
+4. **the floor**: a bare encoder forward over the same (sorted) batches: the work no evaluation can avoid;
+5. **``trainer.evaluate()`` under ``--bf16``** (CPU autocast), against the fp32 notebook loop; and how many
+   predictions bf16 changes on a *trained* tiny LoRA run (the random t5-small writes no label word at all);
+6. **training**: a ``GenerationAccuracyTrainer`` step against a plain PyTorch loop's step (forward, backward, AdamW)
+   on the same batches in the same order, for full fine-tuning and LoRA (scratch).
+
+Every timing is the fastest of ``--repeats`` runs after a warm-up (these machines are noisy); run it on a quiet
+machine. The first generated ids of (1) and (2) must be identical for every review.
+
+    python benchmarks/benchmark_evaluation.py                         # ../shared paths, everything (about 10 min here)
+    python benchmarks/benchmark_evaluation.py --skip-command --skip-training --repeats 1
+
+Results: a table on stdout and JSON in ``benchmarks/results/evaluation-<device>.json`` (date, hardware, versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT.parent / "shared" / "models" / "t5-small"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "imdb"
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def fastest(function, repeats: int):
+    """(best seconds, result of the last call) over ``repeats`` timed calls after one untimed warm-up."""
+    function()
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def make_run(args, root: Path) -> Path:
+    """A finished LoRA (peft) run on random t5-small, as the evaluate command and load_run see one."""
+    from hf_peft_suite import run_experiment
+
+    run_dir = root / "lora-peft"
+    run_experiment(model_name_or_path=str(args.model), random_init=True, dataset_name=str(args.data),
+                   method="lora", implementation="library", max_train_samples=8, max_eval_samples=8, max_steps=1,
+                   per_device_train_batch_size=8, per_device_eval_batch_size=args.batch_size, max_source_length=256,
+                   output_dir=str(run_dir), use_cpu=True, disable_tqdm=True, seed=42)
+    return run_dir
+
+
+def eval_trainer(run, data, batch_size: int, bf16: bool, output_dir: Path):
+    from transformers import DataCollatorForSeq2Seq
+
+    from hf_peft_suite.arguments import TrainingArguments
+    from hf_peft_suite.trainer import GenerationAccuracyTrainer
+
+    return GenerationAccuracyTrainer(
+        model=run.model, args=TrainingArguments(output_dir=str(output_dir), per_device_eval_batch_size=batch_size,
+                                                bf16=bf16, use_cpu=True, report_to="none", disable_tqdm=True),
+        eval_dataset=data.eval_dataset, processing_class=run.tokenizer, label_words=run.label_words,
+        data_collator=DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100),
+    )
+
+
+def measure_evaluation(args, run, data, root: Path) -> dict:
+    """(1), (2), (4), (5) in this process."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    model, tokenizer, words = run.model, run.tokenizer, run.label_words
+    sources = [{"input_ids": ids} for ids in data.eval_dataset["input_ids"]]
+    order = list(range(len(sources)))
+    random.Random(1).shuffle(order)  # the notebook sees the reviews in dataset order, not sorted by length
+    pad = DataCollatorWithPadding(tokenizer)
+    notebook_batches = [pad([sources[i] for i in order[start:start + args.batch_size]])
+                        for start in range(0, len(order), args.batch_size)]
+    sorted_batches = [pad(sources[start:start + args.batch_size]) for start in range(0, len(sources), args.batch_size)]
+
+    @torch.no_grad()
+    def notebook():
+        generated, valid = [], 0
+        for batch in notebook_batches:
+            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_length=5)
+            texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+            generated += [row[1:3].tolist() for row in output]  # the first two generated ids (after the start id)
+            valid += sum(text.strip() in words for text in texts)  # compared with the label words, as the notebook does
+        by_review = [None] * len(order)
+        for position, index in enumerate(order):
+            by_review[index] = generated[position]
+        return by_review
+
+    @torch.no_grad()
+    def encoder_floor():
+        for batch in sorted_batches:
+            model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    captured = {}
+
+    def ours(bf16: bool):
+        trainer = eval_trainer(run, data, args.batch_size, bf16, root / "trainer")
+        original = trainer.prediction_step
+
+        def keep_ids(*step_args, **step_kwargs):
+            loss, (generated, losses), labels = original(*step_args, **step_kwargs)
+            captured.setdefault(bf16, []).extend(row[1:3].tolist() for row in generated)
+            return loss, (generated, losses), labels
+
+        def call():
+            captured[bf16] = []
+            trainer.prediction_step = keep_ids
+            return trainer.evaluate()
+        return call
+
+    results = {}
+    results["notebook_s"], notebook_ids = fastest(notebook, args.repeats)
+    results["trainer_evaluate_s"], metrics = fastest(ours(False), args.repeats)
+    results["eval_loss"], results["eval_num_scored"] = metrics["eval_loss"], metrics["eval_num_scored"]
+    results["encoder_floor_s"], _ = fastest(encoder_floor, args.repeats)
+    results["ids_identical"] = captured[False] == notebook_ids
+    results["ids_compared"] = len(notebook_ids)
+    results["trainer_evaluate_bf16_s"], _ = fastest(ours(True), args.repeats)
+    results["bf16_first_ids_changed"] = sum(a != b for a, b in zip(captured[True], captured[False]))
+    return results
+
+
+def measure_command(args, run_dir: Path, root: Path) -> dict:
+    """(3): the whole ``evaluate`` command in a fresh process."""
+    times = []
+    for repeat in range(args.repeats):
+        output_dir = root / f"command-{repeat}"
+        command = [sys.executable, str(REPO_ROOT / "run_experiment.py"), "evaluate", str(run_dir), "--output_dir",
+                   str(output_dir), "--max_eval_samples", str(args.examples), "--per_device_eval_batch_size",
+                   str(args.batch_size)]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        times.append(time.perf_counter() - start)
+        inside = json.loads((output_dir / "eval_results.json").read_text())["eval_runtime"]
+    return {"evaluate_command_s": min(times), "evaluate_command_eval_runtime_s": inside}
+
+
+def bf16_on_a_trained_tiny_run(root: Path) -> dict:
+    """(5), the second half: predictions that change under bf16 on a trained tiny LoRA run (400 reviews)."""
+    from hf_peft_suite import evaluate_run, run_experiment
+
+    run_dir = root / "tiny-lora"
+    run_experiment(preset="tiny", method="lora", output_dir=str(run_dir))
+    fp32 = evaluate_run(run_dir, output_dir=root / "tiny-fp32")
+    bf16 = evaluate_run(run_dir, output_dir=root / "tiny-bf16", bf16=True)
+    first, second = (json.loads((root / name / "eval_predictions.json").read_text())["predictions"]
+                     for name in ("tiny-fp32", "tiny-bf16"))
+    return {"tiny_examples": len(first), "tiny_predictions_changed_by_bf16": sum(a != b for a, b in zip(first, second)),
+            "tiny_accuracy_fp32": fp32["eval_accuracy"], "tiny_accuracy_bf16": bf16["eval_accuracy"]}
+
+
+def measure_training(args, tokenizer, method: str) -> dict:
+    """(6): Trainer step against a plain loop's step, same batches in the same order, after warm-up steps."""
+    import torch
+    from torch.utils.data import SequentialSampler
+    from transformers import DataCollatorForSeq2Seq, TrainerCallback
+
+    from hf_peft_suite.arguments import DataArguments, TrainingArguments
+    from hf_peft_suite.data import load_data
+    from hf_peft_suite.modeling import build_model
+    from hf_peft_suite.trainer import GenerationAccuracyTrainer
+
+    steps = args.warmup + args.steps
+    data = load_data(DataArguments(dataset_name=str(args.data), max_train_samples=steps * args.train_batch_size,
+                                   max_eval_samples=8, max_source_length=256), tokenizer, seed=42)
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+    rows = [data.train_dataset[i] for i in range(len(data.train_dataset))]
+    batches = [collator(rows[i:i + args.train_batch_size]) for i in range(0, len(rows), args.train_batch_size)]
+
+    def fresh_model():
+        torch.manual_seed(0)
+        return build_model(str(args.model), method, "scratch", tokenizer=tokenizer, random_init=True)[0]
+
+    def plain_loop() -> list[float]:
+        model = fresh_model().train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        times = []
+        for batch in batches:
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return times[args.warmup:]
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.times, self.start = [], None
+
+        def on_step_begin(self, *unused, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *unused, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    class InOrder(GenerationAccuracyTrainer):
+        def _get_train_sampler(self, *unused, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    def trainer_steps(clip: float) -> list[float]:
+        timer = StepTimes()
+        trainer = InOrder(
+            model=fresh_model(), args=TrainingArguments(
+                output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.train_batch_size, max_steps=steps,
+                learning_rate=1e-4, lr_scheduler_type="constant", eval_strategy="no", save_strategy="no",
+                logging_strategy="no", max_grad_norm=clip, use_cpu=True, report_to="none", disable_tqdm=True,
+                optim="adamw_torch"),
+            train_dataset=data.train_dataset, data_collator=collator, processing_class=tokenizer,
+            label_words=data.label_words, callbacks=[timer])
+        trainer.train()
+        return timer.times[args.warmup:]
+
+    best = {"plain": float("inf"), "trainer": float("inf"), "trainer_no_clip": float("inf")}
+    for _ in range(args.repeats):
+        best["plain"] = min(best["plain"], statistics.median(plain_loop()))
+        best["trainer"] = min(best["trainer"], statistics.median(trainer_steps(1.0)))
+        best["trainer_no_clip"] = min(best["trainer_no_clip"], statistics.median(trainer_steps(0.0)))
+    return {f"{method}_{key}_step_s": value for key, value in best.items()}
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "load_average": os.getloadavg()}
+
+
+def table(results: dict) -> str:
+    notebook = results["notebook_s"]
+    rows = [
+        ("notebook loop (fp32)", notebook, "1.00x", ""),
+        ("trainer.evaluate() (fp32)", results["trainer_evaluate_s"], f"{notebook / results['trainer_evaluate_s']:.2f}x",
+         ">= 1.25x faster than the notebook"),
+        ("bare encoder forward (floor)", results["encoder_floor_s"], f"{notebook / results['encoder_floor_s']:.2f}x",
+         f"evaluate / floor = {results['trainer_evaluate_s'] / results['encoder_floor_s']:.3f} (<= 1.15)"),
+        ("trainer.evaluate() (--bf16)", results["trainer_evaluate_bf16_s"],
+         f"{notebook / results['trainer_evaluate_bf16_s']:.2f}x", ">= 2x faster than the fp32 notebook"),
+    ]
+    if "evaluate_command_s" in results:
+        rows.append(("evaluate command, whole (fp32)", results["evaluate_command_s"],
+                     f"{notebook / results['evaluate_command_s']:.2f}x",
+                     f"of which evaluation {results['evaluate_command_eval_runtime_s']:.1f} s"))
+    lines = ["| what (512 IMDB reviews, batch 32) | seconds | speed vs notebook | target / note |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {seconds:.2f} | {ratio} | {note} |" for name, seconds, ratio, note in rows]
+    for method in ("full", "lora"):
+        if f"{method}_plain_step_s" in results:
+            plain = results[f"{method}_plain_step_s"]
+            lines.append(f"| training step, {method}: plain loop / Trainer / Trainer without clipping | "
+                         f"{plain:.3f} / {results[f'{method}_trainer_step_s']:.3f} / "
+                         f"{results[f'{method}_trainer_no_clip_step_s']:.3f} | "
+                         f"{results[f'{method}_trainer_step_s'] / plain:.3f}x / "
+                         f"{results[f'{method}_trainer_no_clip_step_s'] / plain:.3f}x | <= 1.03x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--skip-command", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    for path in (args.model, args.data):
+        if not path.exists():
+            sys.exit(f"error: {path} does not exist; give --model and --data (see the docstring)")
+
+    from hf_peft_suite import evaluate_run, load_run  # noqa: F401  (imported here: the paths above come first)
+    from hf_peft_suite.arguments import DataArguments
+    from hf_peft_suite.cli import _quiet_libraries
+    from hf_peft_suite.data import load_eval_data
+
+    _quiet_libraries()
+    root = Path(tempfile.mkdtemp(prefix="hf_peft_suite_benchmark_"))
+    run_dir = make_run(args, root)
+    run = load_run(run_dir, device="cpu")
+    data = load_eval_data(DataArguments(dataset_name=str(args.data), max_eval_samples=args.examples,
+                                        max_source_length=256), run.tokenizer, run.label_words, seed=42)
+    results = {"environment": environment(), "examples": len(data.eval_dataset), "batch_size": args.batch_size}
+    results.update(measure_evaluation(args, run, data, root))
+    if not args.skip_command:
+        results.update(measure_command(args, run_dir, root))
+    results.update(bf16_on_a_trained_tiny_run(root))
+    if not args.skip_training:
+        for method in ("full", "lora"):
+            results.update(measure_training(args, run.tokenizer, method))
+    results["environment"]["load_average_after"] = os.getloadavg()
+    print(table(results))
+    print(json.dumps({key: value for key, value in results.items() if key != "environment"}, indent=2))
+    output = args.output or REPO_ROOT / "benchmarks" / "results" / f"evaluation-{results['environment']['device']}.json"
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {output}")
+
+
+if __name__ == "__main__":
+    main()
