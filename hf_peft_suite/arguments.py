@@ -111,6 +111,11 @@ class ExperimentArguments:
     preset: str | None = field(
         default=None, metadata={"help": "A named set of defaults shipped with the package: tiny, seed."}
     )
+    num_threads: int | None = field(
+        default=None,
+        metadata={"help": "CPU threads for torch (default: torch's, one per core). On a machine other jobs share, "
+                  "more threads than free cores stall each other; the tiny preset uses 1."},
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -119,6 +124,8 @@ class ExperimentArguments:
             raise UsageError(
                 f"unknown implementation {self.implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}"
             )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UsageError(f"--num_threads must be at least 1, not {self.num_threads}; leave it out for torch's default")
 
 
 @dataclass
@@ -169,6 +176,11 @@ class TrainingArguments(Seq2SeqTrainingArguments):
         if not self.learning_rate > 0:
             raise UsageError(
                 f"--learning_rate must be positive, not {self.learning_rate}; leave it out for the method's default"
+            )
+        if not self.predict_with_generate:
+            raise UsageError(
+                "--predict_with_generate false would score no generated label words, which is what evaluation "
+                "measures here; leave it out (it is true)"
             )
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise UsageError(

@@ -38,9 +38,10 @@ def _quiet_libraries() -> None:
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # (transformers 5 draws one while writing each model shard)
-    logging.getLogger("datasets").setLevel(logging.ERROR)
     import datasets
 
+    # datasets logs a failed file read at ERROR level before raising; the exception becomes our one error: line.
+    datasets.logging.set_verbosity(logging.CRITICAL)
     datasets.disable_progress_bars()
 
 

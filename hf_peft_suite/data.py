@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .arguments import DataArguments
-from .errors import UsageError
+from .errors import UsageError, warn
 from .tiny import TINY_DATASET_NAME, build_tiny_dataset
 from .weights import first_line
 
@@ -126,6 +126,9 @@ def _load(load, what: str):
         return load()
     except _dataset_errors() as error:
         cause = _root_cause(error)
+        if isinstance(cause, UnicodeDecodeError) or "invalid utf8" in str(cause).lower():
+            raise UsageError(f"cannot read {what}: it is not UTF-8 text ({first_line(cause)}); save it as UTF-8 (in a "
+                             f"spreadsheet: 'CSV UTF-8')") from None
         raise UsageError(f"cannot read {what} as a dataset ({type(cause).__name__}: {first_line(cause)})") from None
 
 
@@ -215,13 +218,37 @@ def _subset(dataset, size: int | None, seed: int):
 
 
 def _check_texts(dataset, name: str, args: DataArguments) -> None:
+    """Every row must hold text: not a number, not empty (row numbers count the split's rows from 0, in file order)."""
     texts = dataset[args.text_column]
-    empty = [index for index, text in enumerate(texts) if text is None or not str(text).strip()]
+    not_text = [index for index, text in enumerate(texts) if text is not None and not isinstance(text, str)]
+    if not_text:
+        example = texts[not_text[0]]
+        raise UsageError(
+            f"the {name} split's column {args.text_column!r} holds {type(example).__name__} values, not text (row "
+            f"{not_text[0]}: {example!r}); name the column of texts with --text_column"
+        )
+    empty = [index for index, text in enumerate(texts) if text is None or not text.strip()]
     if empty:
         raise UsageError(
-            f"{len(empty)} rows of the {name} split have an empty {args.text_column!r} (the first is row {empty[0]}); "
-            f"remove them or choose another --text_column"
+            f"{len(empty)} rows of the {name} split have an empty {args.text_column!r} (the first is row {empty[0]}, "
+            f"counting from 0 in the file's order); remove them or choose another --text_column"
         )
+
+
+def _warn_about_labels(train, evaluation, args: DataArguments, words: list[str], value_to_id: dict) -> None:
+    """Allowed, but likely a mistake: one class to train on, evaluation classes never trained on, tiny inputs."""
+    trained = {value_to_id[value] for value in train[args.label_column]}
+    evaluated = {value_to_id[value] for value in evaluation[args.label_column]}
+    if len(trained) == 1:
+        warn(f"the training data holds only the class {words[next(iter(trained))]!r}: the model can learn nothing "
+             f"but to write it (check --label_column, or take more --max_train_samples)")
+    unseen = sorted(evaluated - trained)
+    if unseen:
+        warn(f"the evaluation data holds classes never seen in training: {[words[i] for i in unseen]}; the model "
+             f"cannot learn to write them")
+    if args.max_source_length < 8:
+        warn(f"--max_source_length {args.max_source_length} keeps fewer than 8 tokens of each text (T5's inputs end "
+             f"with </s>): the model sees almost nothing of the review")
 
 
 def load_data(args: DataArguments | None = None, tokenizer=None, seed: int = 42, **kwargs) -> PreparedData:
@@ -239,10 +266,11 @@ def load_data(args: DataArguments | None = None, tokenizer=None, seed: int = 42,
                                                                                   "--eval_split", args)
     words, value_to_id = resolve_label_words(train, evaluation, args)
     check_words_survive_tokenizer(words, tokenizer)
-    train = _subset(train, args.max_train_samples, seed)
-    evaluation = _subset(evaluation, args.max_eval_samples, seed)
     _check_texts(train, args.train_split, args)
     _check_texts(evaluation, args.eval_split, args)
+    train = _subset(train, args.max_train_samples, seed)
+    evaluation = _subset(evaluation, args.max_eval_samples, seed)
+    _warn_about_labels(train, evaluation, args, words, value_to_id)
     tokenize = _tokenizer_function(args, tokenizer, words, value_to_id)
     return PreparedData(_tokenized(train, tokenize, False), _tokenized(evaluation, tokenize, True), words)
 
@@ -256,8 +284,8 @@ def load_eval_data(args: DataArguments, tokenizer, label_words: list[str], seed:
     args = dataclasses.replace(args, label_words=list(label_words))
     evaluation = _split(load_raw_dataset(args, evaluation_only=True), args.eval_split, "--eval_split", args)
     words, value_to_id = resolve_label_words(evaluation, evaluation, args)
-    evaluation = _subset(evaluation, args.max_eval_samples, seed)
     _check_texts(evaluation, args.eval_split, args)
+    evaluation = _subset(evaluation, args.max_eval_samples, seed)
     return PreparedData(None, _tokenized(evaluation, _tokenizer_function(args, tokenizer, words, value_to_id), True),
                         words)
 

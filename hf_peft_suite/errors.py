@@ -1,9 +1,23 @@
-"""The one exception type for a user's mistake.
+"""The one exception type for a user's mistake, and warnings for what is allowed but likely one.
 
 Anything raised as :class:`UsageError` is shown by the CLI as one line (``error: ...``) with exit code 2 and no
-traceback. Its message names the problem and the fix.
+traceback. Its message names the problem and the fix. :func:`warn` prints one ``warning: ...`` line and lets the run
+go on.
 """
+
+
+import os
+import sys
 
 
 class UsageError(ValueError):
     """A problem with the user's input (arguments, data, saved files) rather than a bug in this package."""
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr for what is allowed but likely a mistake; the run goes on.
+
+    Printed by the first process only, when several were launched together.
+    """
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr)

@@ -40,14 +40,16 @@ import torch
 
 from .arguments import ParsedArguments, parse_arguments
 from .data import PreparedData, load_data
-from .files import ARTIFACT_FOLDER, BASE_FOLDER, PREDICTIONS_NAME, RESULTS_NAME
+from .errors import UsageError
+from .files import ARTIFACT_FOLDER, BASE_FOLDER, MODEL_WEIGHTS_NAME, PREDICTIONS_NAME, RESULTS_NAME
 from .hub import PushSettings, push_run, push_settings, pushed_files, write_model_card
 from .methods import Method, get_method
 from .modeling import count_parameters, load_base_model, load_tokenizer
-from .run_folder import prepare_output_dir, write_predictions, write_results
+from .run_folder import FolderClaim, prepare_output_dir, remove_previous_run, write_predictions, write_results
 from .tiny import TINY_MODEL_NAME
 from .trainer import TRAINING_ARGS_NAME, GenerationAccuracyTrainer
 from .version import __version__
+from .weights import load_tensors
 
 
 def run_experiment(argv: list[str] | None = None, callbacks: list | None = None, **kwargs) -> dict:
@@ -64,12 +66,16 @@ def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) 
     """Run one experiment from already parsed arguments (see :func:`run_experiment` and the module docstring)."""
     plan = prepare(args)
     built = build(plan)
-    trainer = make_trainer(plan, built, callbacks)
-    train_output, history = train(plan, trainer)
-    artifact_size = save_trained_model(plan, trainer)
-    results = collect_results(plan, built, trainer, train_output, history, artifact_size)
-    if trainer.is_world_process_zero():
-        publish(plan, trainer, results)
+    claim = claim_output_dir(plan)  # the first write: everything above only read and checked
+    try:
+        trainer = make_trainer(plan, built, callbacks)
+        train_output, history = train(plan, trainer)
+        artifact_size = save_trained_model(plan, trainer)
+        results = collect_results(plan, built, trainer, train_output, history, artifact_size)
+        if trainer.is_world_process_zero():
+            publish(plan, trainer, results)
+    finally:
+        claim.release()
     return results
 
 
@@ -129,20 +135,102 @@ class Built:
 
 
 def build(plan: Plan) -> Built:
-    """Load the tokenizer, the data and the base, and apply the method (which checks its options)."""
+    """Load the tokenizer, the data and the base, and apply the method (which checks its options); check that they
+    fit together and, when resuming, that the checkpoint fits the model. Nothing is written."""
     from transformers import set_seed
 
     args, training = plan.args, plan.args.training
+    if args.experiment.num_threads:
+        torch.set_num_threads(args.experiment.num_threads)
     reset_peak_memory()
     set_seed(training.seed)
     tokenizer = load_tokenizer(args.model.model_name_or_path, args.model.tokenizer_name_or_path)
     data_seed = training.data_seed if training.data_seed is not None else training.seed
     data = load_data(args.data, tokenizer, seed=data_seed)
+    check_generation_length(training, tokenizer, data.label_words)
     base = load_base_model(args.model.model_name_or_path, random_init=args.model.random_init, seed=training.seed)
+    check_tokenizer_fits_model(tokenizer, base)
     if plan.keeps_base:  # the delta names the base saved beside it
+        check_same_base_as_resumed_run(plan, base)
         base.name_or_path = base.config._name_or_path = BASE_FOLDER
     model = plan.method.builder(args.experiment.implementation)(base, args.options, tokenizer)
+    if training.resume_from_checkpoint:
+        check_resume_checkpoint(plan, model)
     return Built(tokenizer=tokenizer, data=data, model=model, parameters=count_parameters(model))
+
+
+def check_generation_length(training, tokenizer, label_words: list[str]) -> None:
+    """``--generation_max_length`` (total length, the decoder's start token included) must fit every label word."""
+    longest = max(len(tokenizer(text_target=word).input_ids) for word in label_words)
+    if training.generation_max_length is not None and training.generation_max_length < longest + 1:
+        raise UsageError(
+            f"--generation_max_length {training.generation_max_length} is too short for the label words (the longest "
+            f"needs {longest} tokens after the start token, so at least {longest + 1}): every answer would be cut "
+            f"and scored invalid; leave it out (generation then writes exactly what the longest label word needs)"
+        )
+
+
+def check_tokenizer_fits_model(tokenizer, base) -> None:
+    """Every token id the tokenizer can produce must have a row in the model's embedding."""
+    rows = base.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UsageError(
+            f"the tokenizer has {len(tokenizer):,} tokens but the model's embedding has {rows:,} rows, so some token "
+            f"ids have no embedding; use the model's own tokenizer (leave out --tokenizer_name_or_path) or a model "
+            f"built for this tokenizer"
+        )
+
+
+def check_same_base_as_resumed_run(plan: Plan, base) -> None:
+    """A resumed run's saved random base must be the one this run builds (the same seed), or model/ + base_model/
+    would not be the model that was evaluated."""
+    base_dir = plan.output_dir / BASE_FOLDER
+    weights = base_dir / MODEL_WEIGHTS_NAME
+    if not plan.args.training.resume_from_checkpoint or not weights.is_file():
+        return
+    saved, current = load_tensors(str(weights)), base.state_dict()
+    if any(name in current and not torch.equal(tensor, current[name]) for name, tensor in saved.items()):
+        raise UsageError(
+            f"{base_dir} holds the random base the resumed run was built with, and this run builds another (a "
+            f"different --seed or model); resume with the arguments of the run that wrote it"
+        )
+
+
+def check_resume_checkpoint(plan: Plan, model) -> None:
+    checkpoint = plan.args.training.resume_from_checkpoint
+    try:
+        plan.method.artifact_format(plan.args.experiment.implementation).check(model, checkpoint)
+    except UsageError as error:
+        raise UsageError(f"cannot resume from {checkpoint}: {error}") from None
+
+
+def claim_output_dir(plan: Plan) -> FolderClaim:
+    """Take the output folder for this run (process 0; the others wait for the outcome), refusing a folder another
+    run has claimed or written into since :func:`prepare` looked; replace a previous run when asked to."""
+    claim, problem = FolderClaim(plan.output_dir), None
+    training = plan.args.training
+    if training.process_index == 0:
+        try:
+            claim.acquire()
+            prepare_output_dir(training, plan.args.experiment.method, plan.args.experiment.implementation)
+            if training.overwrite_output_dir and not training.resume_from_checkpoint:
+                remove_previous_run(plan.output_dir)
+        except UsageError as error:
+            claim.release()
+            problem = str(error)
+    problem = _from_process_zero(problem)
+    if problem:
+        raise UsageError(problem)
+    return claim
+
+
+def _from_process_zero(value):
+    """``value`` as process 0 has it, on every process (itself when there is one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    shared = [value]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def make_trainer(plan: Plan, built: Built, callbacks: list | None = None) -> GenerationAccuracyTrainer:
@@ -167,7 +255,6 @@ def train(plan: Plan, trainer: GenerationAccuracyTrainer):
 
     Returns Trainer's ``TrainOutput`` and the per-evaluation history (:func:`epoch_history`).
     """
-    _barrier()  # every process has checked output_dir before any of them writes to it
     save_random_base(plan)
     train_output = trainer.train(resume_from_checkpoint=plan.args.training.resume_from_checkpoint)
     history = epoch_history(trainer.state.log_history)
@@ -201,10 +288,6 @@ def save_trained_model(plan: Plan, trainer: GenerationAccuracyTrainer) -> int | 
     (artifact_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # a pickle; checkpoints keep Trainer's copy
     return sum((artifact_dir / name).stat().st_size for name in pushed_files(artifact_dir))
 
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 # ------------------------------------------------------------------------------------------- collect, publish

@@ -222,8 +222,9 @@ def _card_table(results: dict, library: str | None) -> list[str]:
     return ["| | |", "| --- | --- |", *[f"| {key} | {value} |" for key, value in rows]]
 
 
-def model_card(results: dict, repo_id: str) -> str:
-    """A ``README.md`` for the trained cell, from its ``results.json`` (see the module docstring)."""
+def model_card(results: dict, repo_id: str, source: str | None = None) -> str:
+    """A ``README.md`` for the trained cell, from its ``results.json`` (see the module docstring). Its loading lines
+    load from ``source`` (default: ``repo_id``, the Hub repository)."""
     library = library_of(results)
     data = results["config"]["data"]
     versions = ", ".join(f"{name} {version}" for name, version in results["versions"].items() if version)
@@ -243,7 +244,7 @@ def model_card(results: dict, repo_id: str) -> str:
         "## Load it",
         "",
         "```python",
-        loading_code(results, repo_id),
+        loading_code(results, source or repo_id),
         "```",
         "",
         cleaning,
@@ -257,9 +258,14 @@ def model_card(results: dict, repo_id: str) -> str:
 
 
 def write_model_card(artifact_dir: str | os.PathLike, results: dict, repo_id: str | None = None) -> Path:
-    """Write ``README.md`` into the artifact folder (replacing peft's template card); returns its path."""
+    """Write ``README.md`` into the artifact folder (replacing peft's template card); returns its path.
+
+    A run pushed to ``repo_id`` is loaded by that Hub id; a local run by the folder's absolute path (its name alone
+    would be looked up on the Hub).
+    """
     path = Path(artifact_dir) / MODEL_CARD_NAME
-    path.write_text(model_card(results, repo_id or Path(artifact_dir).parent.name))
+    title = repo_id or Path(artifact_dir).absolute().parent.name
+    path.write_text(model_card(results, title, source=repo_id or str(Path(artifact_dir).absolute())))
     return path
 
 

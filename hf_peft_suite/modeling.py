@@ -69,6 +69,11 @@ def check_local_path(name: str, kind: str) -> None:
         )
 
 
+# Files one of which every saved tokenizer has (fast tokenizers, SentencePiece, WordPiece and BPE vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path: str | None = None):
     """The model's tokenizer (or the named one); the built-in tiny model has a tokenizer built in code."""
     name = tokenizer_name_or_path or model_name_or_path
@@ -77,6 +82,16 @@ def load_tokenizer(model_name_or_path: str = "t5-small", tokenizer_name_or_path:
     from transformers import AutoTokenizer
 
     check_local_path(name, "tokenizer" if tokenizer_name_or_path else "model")
+    folder = Path(os.path.expanduser(name))
+    if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
+        option = "--tokenizer_name_or_path" if tokenizer_name_or_path else "--model_name_or_path"
+        raise UsageError(
+            f"the folder {name} holds no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...); save the "
+            f"tokenizer there with tokenizer.save_pretrained, or name one with --tokenizer_name_or_path"
+            if option == "--model_name_or_path" else
+            f"the folder {name} ({option}) holds no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...); "
+            f"give a folder saved with tokenizer.save_pretrained, or a Hub id"
+        )
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except loading_errors() as error:

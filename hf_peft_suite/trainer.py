@@ -124,6 +124,13 @@ class GenerationAccuracyTrainer(Seq2SeqTrainer):
                                            labels=labels, past_key_values=cache, use_cache=cache is not None).logits
         return None, (output.sequences, label_token_losses(logits, labels)), labels
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """No batches once ``max_steps`` is reached: resumed from the run's last checkpoint, Trainer would train one
+        step past ``--max_steps`` (it checks only after a step), and the run would not end where it should."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     def _get_train_sampler(self, *args, **kwargs):
         sampler = super()._get_train_sampler(*args, **kwargs)
         if isinstance(sampler, LengthGroupedSampler):

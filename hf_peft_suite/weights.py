@@ -16,6 +16,8 @@ from .errors import UsageError
 CONFIG_FIELDS_NOT_COMPARED = frozenset({
     "transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype", "base_model_name_or_path",
     "inference_mode", "peft_version", "revision", "auto_mapping", "use_cache", "tokenizer_name_or_path",
+    # Trainer aligns these with the tokenizer when it is built, so a checkpoint has them and a fresh model may not
+    "pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id",
 })
 
 

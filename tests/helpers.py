@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -120,3 +121,26 @@ def evaluate_in_one_process(model, output_dir: Path, tmp_path: Path, batch_size:
     references = trainer.scorer.texts_to_ids(tokenizer.batch_decode(list(data.eval_dataset["labels"]),
                                                                      skip_special_tokens=True))
     return metrics, trainer.last_eval_class_ids, references
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file under ``folders`` with its bytes (to prove nothing was written, changed or removed)."""
+    return {str(path): path.read_bytes() for folder in folders if folder.exists()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_refused(argv, message: str, capsys, *keep: Path, absent: Path | None = None) -> str:
+    """``main(argv)`` exits 2 with one ``error:`` line matching ``message`` and changes nothing under ``keep``."""
+    before = snapshot(*keep)
+    from hf_peft_suite.cli import main
+
+    code = main([str(item) for item in argv])
+    error = capsys.readouterr().err.strip()
+    assert code == 2, error
+    assert len(error.splitlines()) == 1 and error.startswith("error: "), error
+    assert "Traceback" not in error
+    assert re.search(message, error), error
+    assert snapshot(*keep) == before
+    if absent is not None:
+        assert not absent.exists(), f"{absent} was created"
+    return error

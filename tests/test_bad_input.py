@@ -23,34 +23,11 @@ from hf_peft_suite.experiment import run_experiment
 from hf_peft_suite.methods import METHODS, library_problem
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
 
-from .helpers import run_cli, write_split_files
+from .helpers import assert_refused, run_cli, snapshot, write_split_files
 
 ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 requires_adapterhub = pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))
 QUICK = ["--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8"]
-
-
-def snapshot(*folders: Path) -> dict[str, bytes]:
-    """Every file under ``folders`` with its bytes (to prove nothing was written, changed or removed)."""
-    return {str(path): path.read_bytes() for folder in folders if folder.exists()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def assert_refused(argv, message: str, capsys, *keep: Path, absent: Path | None = None) -> str:
-    """``main(argv)`` exits 2 with one ``error:`` line matching ``message`` and changes nothing under ``keep``."""
-    before = snapshot(*keep)
-    code = main([str(item) for item in argv])
-    error = capsys.readouterr().err.strip()
-    assert code == 2, error
-    assert len(error.splitlines()) == 1 and error.startswith("error: "), error
-    assert "Traceback" not in error
-    assert re.search(message, error), error
-    assert snapshot(*keep) == before
-    if absent is not None:
-        assert not absent.exists(), f"{absent} was created"
-    return error
-
-
 
 
 ROWS = [{"text": "great movie", "label": "positive"}, {"text": "awful plot", "label": "negative"}] * 4
