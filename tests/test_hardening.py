@@ -307,7 +307,8 @@ def test_the_tiny_preset_trains_on_one_thread_and_the_flag_sets_any_count(tmp_pa
              "hf_peft_suite.run_experiment(sys.argv[1:], callbacks=[Threads()])\n")
     environment = {key: value for key, value in cli_environment().items() if key != "OMP_NUM_THREADS"}
     for argv, threads in (([], 1), (["--num_threads", "2"], 2)):
-        result = subprocess.run([sys.executable, "-c", probe, *QUICK, *argv, "--output_dir",
+        result = subprocess.run([sys.executable, "-c", probe, *QUICK, "--max_steps", "1", "--max_train_samples", "32",
+                                 "--max_eval_samples", "4", *argv, "--output_dir",
                                  str(tmp_path / f"run{threads}")], cwd=REPO_ROOT, env=environment, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
