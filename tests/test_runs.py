@@ -71,11 +71,20 @@ def test_evaluate_on_other_data_from_python(finished_runs, tmp_path):
     assert sorted(predictions["references"]) == [0, 0, 0, 1, 1, 1, 1]  # (in the length order of generation)
 
 
-def test_evaluate_under_two_processes_scores_as_one_process_does(finished_runs, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_evaluate_under_two_processes_scores_as_one_process_does(launcher, finished_runs, tmp_path):
+    from .conftest import REPO_ROOT
+    from .helpers import free_port
+
     run_dir = finished_runs[("lora", "library")] if ("lora", "library") in finished_runs else \
         finished_runs[("lora", "scratch")]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = run_cli("evaluate", run_dir, "--output_dir", tmp_path / "two", launcher=torchrun)
+    command = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                       str(REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"), "--main_process_port",
+                       str(free_port())],
+    }[launcher]
+    result = run_cli("evaluate", run_dir, "--output_dir", tmp_path / "two", launcher=command)
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
     assert two["world_size"] == 2 and two["eval_num_scored"] == EVAL_EXAMPLES
