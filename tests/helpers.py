@@ -130,7 +130,11 @@ def load_trained_model(output_dir: Path):
     if (model_dir / "adapter_model.safetensors").is_file():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, model_dir).eval()
+        from hf_peft_suite.methods.prefix_tuning import fix_peft_prefix_generation
+
+        model = PeftModel.from_pretrained(base, model_dir).eval()
+        fix_peft_prefix_generation(model)  # what the model card does too (a no-op but for prefix tuning)
+        return model
     import adapters
 
     adapters.init(base)

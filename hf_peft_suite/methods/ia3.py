@@ -46,7 +46,7 @@ from ..errors import UsageError
 from .architectures import FAMILIES, model_type_of
 from .base import Method, Recommended
 from .delta import DeltaConfig, attach_base, delta_config_kwargs, register_delta_model
-from .formats import PEFT_ADAPTER, SCRATCH_DELTA
+from .formats import PEFT_LIBRARY, SCRATCH_DELTA
 from .peft_files import (
     check_adapter_keys,
     load_adapter_weights,
@@ -307,7 +307,5 @@ METHOD = Method(
     build_scratch=build_scratch,
     scratch_format=SCRATCH_DELTA,
     build_library=build_library,
-    library_format=PEFT_ADAPTER,
-    library_module="peft",
-    library_install_hint="pip install 'peft>=0.17'",
+    **PEFT_LIBRARY,
 )

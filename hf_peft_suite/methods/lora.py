@@ -53,7 +53,7 @@ from torch import nn
 from ..errors import UsageError
 from .base import Method, Recommended
 from .delta import DeltaConfig, attach_base, delta_config_kwargs, register_delta_model
-from .formats import PEFT_ADAPTER, SCRATCH_DELTA
+from .formats import PEFT_LIBRARY, SCRATCH_DELTA
 from .peft_files import (
     PEFT_KEY_PREFIX,
     check_adapter_keys,
@@ -460,7 +460,5 @@ METHOD = Method(
     build_scratch=build_scratch,
     scratch_format=SCRATCH_DELTA,
     build_library=build_library,
-    library_format=PEFT_ADAPTER,
-    library_module="peft",
-    library_install_hint="pip install 'peft>=0.17'",
+    **PEFT_LIBRARY,
 )

@@ -52,7 +52,7 @@ from .delta import (
     load_base_model,
     register_delta_model,
 )
-from .formats import PEFT_ADAPTER, SCRATCH_DELTA
+from .formats import PEFT_LIBRARY, SCRATCH_DELTA
 
 PROMPT_INITS = ("random", "vocab", "text")
 # Our init names -> peft's PromptTuningInit values.
@@ -417,7 +417,5 @@ METHOD = Method(
     build_scratch=build_soft_prompt_model,
     scratch_format=SCRATCH_DELTA,
     build_library=build_peft_prompt_tuning,
-    library_format=PEFT_ADAPTER,
-    library_module="peft",
-    library_install_hint="pip install 'peft>=0.17'",
+    **PEFT_LIBRARY,
 )
