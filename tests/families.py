@@ -29,7 +29,7 @@ def family_config(family: str):
         config_class = MT5Config if family == "mt5" else type(tiny_t5_config())
         settings = tiny_t5_config().to_dict()
         settings.update(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=8)
-        for key in ("model_type", "transformers_version", "architectures"):
+        for key in ("model_type", "transformers_version", "architectures", "is_gated_act", "dense_act_fn"):
             settings.pop(key, None)
         return config_class(**settings)
     if family == "bart":

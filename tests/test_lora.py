@@ -431,6 +431,8 @@ def test_dora_exports_to_peft_and_imports_back(tiny_base_dir, tiny_tokenizer, tm
     export_to_peft(scratch, tmp_path)
     adapter = json.loads((tmp_path / "adapter_config.json").read_text())
     assert adapter["use_dora"] is True
+    keys = load_file(tmp_path / "adapter_model.safetensors")
+    assert sum(key.endswith(".lora_magnitude_vector") for key in keys) == 12  # peft's own file names
     loaded = peft.PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir), tmp_path)
     assert eval_logits_diff(scratch, loaded, tiny_tokenizer) <= TOLERANCE
     back = import_from_peft(tmp_path)

@@ -84,6 +84,7 @@ TARGETS_OPTION = "lora_target_modules"
 # The trainable tensors of one LoRALinear, named as peft names them (minus peft's adapter name, ``default``).
 LORA_PARAMETER_NAMES = ("lora_A.weight", "lora_B.weight")
 DORA_PARAMETER_NAME = "lora_magnitude_vector.weight"
+DORA_FILE_NAME = "lora_magnitude_vector"  # peft's adapter_model.safetensors keeps the pre-0.12 name, without .weight
 
 
 # ------------------------------------------------------------------------------------------------------- options
@@ -392,7 +393,9 @@ def export_to_peft(model: LoRAModel, directory) -> None:
     options = LoRAOptions(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           lora_use_dora=config.lora_use_dora)
     peft_config = peft_lora_config(options, config.lora_target_modules, config.base_model_name_or_path)
-    write_peft_adapter(directory, peft_config, {peft_key(n): t for n, t in model.delta_state_dict().items()})
+    weights = {peft_key(name).removesuffix(".weight") if name.endswith(DORA_PARAMETER_NAME) else peft_key(name): tensor
+               for name, tensor in model.delta_state_dict().items()}
+    write_peft_adapter(directory, peft_config, weights)
 
 
 # peft LoraConfig fields that change what plain LoRA (or DoRA) computes or where it goes, with the value it has.
@@ -424,7 +427,10 @@ def import_from_peft(directory, base_model=None) -> LoRAModel:
     peft_config = adapter.config
     refuse_unsupported_fields(peft_config, PEFT_PLAIN_LORA_FIELDS, adapter.config_path)
     use_dora = bool(peft_config.get("use_dora"))
-    check_adapter_keys(adapter, (*LORA_PARAMETER_NAMES, *([DORA_PARAMETER_NAME] if use_dora else [])), "LoRA")
+    dora_names = (DORA_FILE_NAME, DORA_PARAMETER_NAME) if use_dora else ()  # peft writes the first, reads both
+    check_adapter_keys(adapter, (*LORA_PARAMETER_NAMES, *dora_names), "LoRA")
+    weights = {f"{key}.weight" if key.endswith(DORA_FILE_NAME) else key: tensor for key, tensor in adapter.weights.items()}
+    adapter = adapter._replace(weights=weights)
     module_names = sorted({key[len(PEFT_KEY_PREFIX):].rsplit(".", 2)[0] for key in adapter.weights})
     config = LoRAConfig(
         lora_r=peft_config["r"],
