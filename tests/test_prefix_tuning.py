@@ -260,3 +260,17 @@ def test_gradient_checkpointing_is_refused(tiny_model):
     model = build_scratch(tiny_model)
     with pytest.raises(UsageError, match="does not work with --gradient_checkpointing"):
         model.gradient_checkpointing_enable()
+
+
+def test_a_projected_peft_checkpoint_is_refused_for_resuming_and_a_plain_one_is_not(tiny_model, tmp_path):
+    from hf_peft_suite.methods import get_method
+
+    library_format = get_method("prefix_tuning").library_format
+    for projection in (False, True):
+        _, library = build_pair(tiny_model, prefix_projection=projection)
+        library_format.save(library, str(tmp_path / str(projection)))
+        if projection:
+            with pytest.raises(UsageError, match="the prefix its MLP computed, not the MLP.*--implementation scratch"):
+                library_format.check(library, str(tmp_path / str(projection)))
+        else:
+            library_format.check(library, str(tmp_path / str(projection)))

@@ -64,7 +64,7 @@ from .architectures import family_of
 from .base import Method, Recommended
 from .delta import DeltaConfig, DeltaModel, attach_base, check_same_architecture, delta_config_kwargs, \
     register_delta_model
-from .formats import PEFT_LIBRARY, SCRATCH_DELTA
+from .formats import PEFT_LIBRARY, SCRATCH_DELTA, PeftAdapterFormat
 from .peft_files import read_peft_adapter, write_peft_adapter
 
 PEFT_PREFIX_KEY = "prompt_embeddings"  # the one tensor peft saves for a prefix-tuning adapter: the prefix itself
@@ -328,6 +328,23 @@ def build_library(base_model, options: PrefixTuningOptions | None = None, tokeni
     return model
 
 
+class PeftPrefixFormat(PeftAdapterFormat):
+    """peft's adapter format, refusing to resume a projected prefix: peft saves the prefix its MLP computed, not the
+    MLP, so a checkpoint of ``--prefix_projection true`` cannot be trained further."""
+
+    def check(self, model, directory: str) -> None:
+        if model.peft_config["default"].prefix_projection:
+            raise UsageError(
+                "peft saves a prefix-tuning adapter as the prefix its MLP computed, not the MLP "
+                "(--prefix_projection true), so training cannot resume from it; resume with --implementation scratch, "
+                "which saves the MLP, or start again"
+            )
+        super().check(model, directory)
+
+
+PEFT_PREFIX = PeftPrefixFormat()
+
+
 # ----------------------------------------------------------------------------------------------- interop
 def export_to_peft(model: PrefixTuningModel, directory) -> None:
     """Write ``model``'s prefix as a peft prefix-tuning adapter (``PeftModel.from_pretrained(base, directory)`` loads
@@ -387,7 +404,7 @@ METHOD = Method(
     build_scratch=build_scratch,
     scratch_format=SCRATCH_DELTA,
     build_library=build_library,
-    **PEFT_LIBRARY,
+    **{**PEFT_LIBRARY, "library_format": PEFT_PREFIX},
     supports_gradient_checkpointing=False,
     library_loading_lines=(
         "hf_peft_suite.methods.prefix_tuning.fix_peft_prefix_generation(model)  # peft 0.21 generates without the "
