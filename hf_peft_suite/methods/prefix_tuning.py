@@ -235,7 +235,12 @@ class PrefixTuningModel(DeltaModel):
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 labels=None, inputs_embeds=None, **kwargs):
-        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        given = [tensor for tensor in (input_ids, inputs_embeds, decoder_input_ids, labels) if tensor is not None]
+        if kwargs.get("encoder_outputs") is not None:  # e.g. the one-pass evaluation's decoder-only pass
+            given.append(kwargs["encoder_outputs"][0])
+        if not given:
+            raise ValueError("pass input_ids, inputs_embeds, encoder_outputs, decoder_input_ids or labels")
+        batch_size = given[0].shape[0]
         if decoder_attention_mask is not None:
             ones = decoder_attention_mask.new_ones(batch_size, self.num_virtual_tokens)
             decoder_attention_mask = torch.cat([ones, decoder_attention_mask], dim=1)
@@ -340,6 +345,12 @@ class PeftPrefixFormat(PeftAdapterFormat):
                 "which saves the MLP, or start again"
             )
         super().check(model, directory)
+
+    def load_trained(self, directory: str, base):
+        """peft's ``PeftModel.from_pretrained``, then :func:`fix_peft_prefix_generation` (what a model card does)."""
+        model = super().load_trained(directory, base)
+        fix_peft_prefix_generation(model)
+        return model
 
 
 PEFT_PREFIX = PeftPrefixFormat()
