@@ -32,8 +32,9 @@ are untouched.
 
 On BART (post-norm: each sublayer ends in ``LN(h + s)``, and AdapterHub's ``layer_norm`` argument is that LayerNorm)
 the same two configurations reduce to other equations (``adapters/models/bart/modeling_bart.py``), which the scratch
-adapters reproduce from a hook on each sublayer's LayerNorm (:class:`PostNormHooks`), kept as ``attention_adapter`` / ``output_adapter`` of the layer where
-AdapterHub keeps ``attention_adapters`` / ``output_adapters``::
+adapters reproduce from a hook on each sublayer's LayerNorm (:class:`PostNormHooks`), kept as
+``attention_adapter`` / ``output_adapter`` of the layer where AdapterHub keeps ``attention_adapters`` /
+``output_adapters``::
 
     seq_bn:          out = LN(h + s + A(LN(h + s)))
     double_seq_bn:   out = LN(h + s + A(s))
@@ -546,7 +547,8 @@ ADAPTERHUB_PLACEMENT_FIELDS = {  # (mh_adapter, output_adapter, original_ln_befo
 
 def adapterhub_containers() -> dict[str, str]:
     """Our attribute holding an adapter -> where AdapterHub keeps it (before the adapter's name): a T5 sublayer's
-    ``adapter`` is in the sublayer's own ``adapters``; a BART layer's ``output_adapter`` in ``output_adapters.adapters``."""
+    ``adapter`` is in the sublayer's own ``adapters``; a BART layer's ``output_adapter`` in
+    ``output_adapters.adapters``."""
     containers = {"adapter": "adapters"}
     for family in FAMILIES.values():
         for placement_name, hub in family.adapters.adapterhub_containers.items():

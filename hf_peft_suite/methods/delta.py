@@ -228,11 +228,10 @@ class DeltaModel(PreTrainedModel):
 
 def delta_config_kwargs(base_model: PreTrainedModel) -> dict:
     """The base-model fields every :class:`DeltaConfig` subclass is built with, taken from ``base_model``."""
+    config = base_model.config
     return {
-        "base_model_name_or_path": getattr(base_model, "name_or_path", None) or base_model.config.name_or_path,
-        "base_model_config": {
-            field: getattr(base_model.config, field) for field in ARCHITECTURE_FIELDS if hasattr(base_model.config, field)
-        },
+        "base_model_name_or_path": getattr(base_model, "name_or_path", None) or config.name_or_path,
+        "base_model_config": {field: getattr(config, field) for field in ARCHITECTURE_FIELDS if hasattr(config, field)},
     }
 
 

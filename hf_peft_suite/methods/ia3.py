@@ -299,9 +299,9 @@ METHOD = Method(
     name="ia3",
     options=IA3Options,
     recommended=Recommended(
-        source="Liu et al. 2022 (T-Few, arXiv:2205.05638, section 3.3 and appendix): (IA)³ vectors on keys, values and "
-        "feed-forward activations, trained with Adafactor at a learning rate of 3e-3 with 60 warm-up steps of 1,000 "
-        "(6%) and linear decay. Targets: the family's defaults (peft's table: k v wo for T5).",
+        source="Liu et al. 2022 (T-Few, arXiv:2205.05638, section 3.3 and appendix): (IA)³ vectors on keys, values "
+        "and feed-forward activations, trained with Adafactor at a learning rate of 3e-3 with 60 warm-up steps of "
+        "1,000 (6%) and linear decay. Targets: the family's defaults (peft's table: k v wo for T5).",
         settings={"learning_rate": 3e-3, "optim": "adafactor", "lr_scheduler_type": "linear", "warmup_ratio": 0.06},
     ),
     build_scratch=build_scratch,

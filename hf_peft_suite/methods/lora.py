@@ -429,7 +429,8 @@ def import_from_peft(directory, base_model=None) -> LoRAModel:
     use_dora = bool(peft_config.get("use_dora"))
     dora_names = (DORA_FILE_NAME, DORA_PARAMETER_NAME) if use_dora else ()  # peft writes the first, reads both
     check_adapter_keys(adapter, (*LORA_PARAMETER_NAMES, *dora_names), "LoRA")
-    weights = {f"{key}.weight" if key.endswith(DORA_FILE_NAME) else key: tensor for key, tensor in adapter.weights.items()}
+    weights = {f"{key}.weight" if key.endswith(DORA_FILE_NAME) else key: tensor
+               for key, tensor in adapter.weights.items()}
     adapter = adapter._replace(weights=weights)
     module_names = sorted({key[len(PEFT_KEY_PREFIX):].rsplit(".", 2)[0] for key in adapter.weights})
     config = LoRAConfig(

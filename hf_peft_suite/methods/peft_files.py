@@ -85,7 +85,8 @@ def read_peft_adapter(directory, peft_type: str, method: str) -> PeftAdapter:
 def check_adapter_keys(adapter: PeftAdapter, tensor_names: tuple[str, ...], method: str) -> None:
     """Every key must be ``base_model.model.<module>.<one of tensor_names>``: what peft writes for ``method``."""
     suffixes = tuple(f".{name}" for name in tensor_names)
-    strange = sorted(key for key in adapter.weights if not key.startswith(PEFT_KEY_PREFIX) or not key.endswith(suffixes))
+    strange = sorted(key for key in adapter.weights
+                     if not key.startswith(PEFT_KEY_PREFIX) or not key.endswith(suffixes))
     if strange:
         raise UsageError(f"{adapter.weights_path} has keys a peft {method} adapter does not write, e.g. {strange[0]}")
 

@@ -153,9 +153,10 @@ class PrefixEncoder(nn.Module):
         """The prefix itself, ``n x 2 L heads head_dim``: what a peft adapter saves."""
         return self.forward(1)[0]
 
-    def decoder_cache(self, batch_size: int, dtype: torch.dtype | None = None):
+    def decoder_cache(self, batch_size: int, dtype: torch.dtype | None = None, cross_attention=None):
         """An ``EncoderDecoderCache`` whose self-attention part holds each decoder layer's prefix (peft's layout)
-        and whose cross-attention part is empty."""
+        and whose cross-attention part is ``cross_attention`` (keys and values already projected from the encoder
+        output, e.g. by ``generate``) or empty."""
         from transformers import DynamicCache, EncoderDecoderCache
 
         prefix = self(batch_size)
@@ -164,7 +165,8 @@ class PrefixEncoder(nn.Module):
         rows = prefix.view(batch_size, self.num_virtual_tokens, 2 * self.num_layers, self.num_heads, self.head_dim)
         layers = [(rows[:, :, key].transpose(1, 2), rows[:, :, value].transpose(1, 2))
                   for key, value in peft_layer_rows(self.num_layers)]
-        return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
+        cross_attention = cross_attention if cross_attention is not None else DynamicCache()
+        return EncoderDecoderCache(DynamicCache(layers), cross_attention)
 
 
 # ----------------------------------------------------------------------------------------------- generation
@@ -230,8 +232,8 @@ class PrefixTuningModel(DeltaModel):
     def num_virtual_tokens(self) -> int:
         return self.prefix_encoder.num_virtual_tokens
 
-    def decoder_cache(self, batch_size: int):
-        return self.prefix_encoder.decoder_cache(batch_size, dtype=self.base.dtype)
+    def decoder_cache(self, batch_size: int, cross_attention=None):
+        return self.prefix_encoder.decoder_cache(batch_size, dtype=self.base.dtype, cross_attention=cross_attention)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 labels=None, inputs_embeds=None, **kwargs):
@@ -241,10 +243,17 @@ class PrefixTuningModel(DeltaModel):
         if not given:
             raise ValueError("pass input_ids, inputs_embeds, encoder_outputs, decoder_input_ids or labels")
         batch_size = given[0].shape[0]
+        given = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+        if given is not None and given.get_seq_length() > 0:  # a continuation: the cache already holds the prefix
+            kwargs[cache_argument(self.base)] = given
+            return super().forward(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels,
+                                   inputs_embeds, **kwargs)
         if decoder_attention_mask is not None:
             ones = decoder_attention_mask.new_ones(batch_size, self.num_virtual_tokens)
             decoder_attention_mask = torch.cat([ones, decoder_attention_mask], dim=1)
-        kwargs[cache_argument(self.base)] = self.decoder_cache(batch_size)
+        # A given cache with only cross-attention keys and values (the one-pass evaluation's) is kept under the prefix.
+        kwargs[cache_argument(self.base)] = self.decoder_cache(
+            batch_size, cross_attention=getattr(given, "cross_attention_cache", None))
         return super().forward(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, labels,
                                inputs_embeds, **kwargs)
 
@@ -362,7 +371,9 @@ def export_to_peft(model: PrefixTuningModel, directory) -> None:
     it; call :func:`fix_peft_prefix_generation` on the result before ``generate``). With a projection MLP, the prefix
     it computes is written, as peft's ``save_pretrained`` does."""
     if not isinstance(model, PrefixTuningModel):
-        raise UsageError(f"export_to_peft takes a PrefixTuningModel (scratch prefix tuning), not {type(model).__name__}")
+        raise UsageError(
+            f"export_to_peft takes a PrefixTuningModel (scratch prefix tuning), not {type(model).__name__}"
+        )
     config = model.config
     peft_config = peft_prefix_config(config.prefix_num_virtual_tokens, model.base,
                                      config.prefix_projection_hidden_size, config.base_model_name_or_path)
