@@ -50,7 +50,6 @@ def hub_revision(training_args) -> str | None:
     return getattr(training_args, "hub_revision", None)
 
 
-
 def cpu_bf16_problem() -> str | None:
     """Why bfloat16 would not pay off on this machine's CPU (``None`` when it has bf16 instructions).
 
@@ -77,3 +76,11 @@ def cpu_bf16_problem() -> str | None:
             return None  # macOS and others: no cpuinfo to read; let torch decide
         return None if "bf16" in flags else "this Arm CPU has no bf16 extension, so bf16 would be emulated"
     return None
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model``'s forward (and generation's model inputs) takes the key/value cache: ``cache``
+    on transformers 5.x (where ``past_key_values`` is a deprecated alias), ``past_key_values`` on 4.57."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

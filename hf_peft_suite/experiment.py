@@ -107,6 +107,11 @@ def prepare(args: ParsedArguments) -> Plan:
     experiment, training = args.experiment, args.training
     method = get_method(experiment.method)
     method.builder(experiment.implementation)  # refuse a missing library before loading anything
+    if training.gradient_checkpointing and not method.supports_gradient_checkpointing:
+        raise UsageError(
+            f"--method {method.name} does not work with --gradient_checkpointing (it trains through the decoder's "
+            f"key/value cache, which recomputed layers would extend twice); train without it"
+        )
     origin = args.origins.get("learning_rate", "method default")
     output_dir = prepare_output_dir(training, experiment.method, experiment.implementation)
     push = push_settings(training, output_dir)

@@ -30,6 +30,7 @@ from pathlib import Path
 from .compat import hub_revision
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, MODEL_CARD_NAME, RESULTS_NAME
+from .methods import get_method
 from .run_folder import write_results
 from .tiny import TINY_MODEL_NAME
 from .weights import first_line
@@ -145,6 +146,7 @@ def loading_code(results: dict, repo_id: str) -> str:
             "",
             *base_loading_lines(results),
             f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+            *get_method(method).library_loading_lines,
         ]
     else:  # AdapterHub
         lines += [
@@ -171,8 +173,6 @@ def library_of(results: dict) -> str | None:
     """The PEFT library of a library cell (``peft`` or ``adapters``), ``None`` for scratch cells."""
     if results["implementation"] != "library":
         return None
-    from .methods import get_method
-
     return get_method(results["method"]).library_module
 
 

@@ -29,7 +29,7 @@ COLUMNS = [
     ("artifact_size_bytes", "artifact size"),
     ("status", "status"),
 ]
-METHOD_ORDER = {"full": 0, "prompt_tuning": 1, "adapter": 2, "lora": 3}
+METHOD_ORDER = {"full": 0, "prompt_tuning": 1, "prefix_tuning": 2, "adapter": 3, "lora": 4, "ia3": 5}
 IMPLEMENTATION_ORDER = {"scratch": 0, "library": 1}
 
 

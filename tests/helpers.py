@@ -64,6 +64,48 @@ def run_cli(*argv, cwd=REPO_ROOT, launcher: list[str] | None = None, timeout: in
                           timeout=timeout)
 
 
+def labelled_batch(tokenizer, size: int = 4, seed: int = 1):
+    """``size`` tiny reviews (padded, so the masks have zeros) with their label words as ``labels``."""
+    from hf_peft_suite.tiny import build_tiny_dataset
+
+    reviews = build_tiny_dataset(num_train=size, num_test=2, seed=seed)["train"].to_dict()
+    inputs = tokenizer(reviews["text"], return_tensors="pt", padding=True)
+    words = ["positive" if label else "negative" for label in reviews["label"]]
+    inputs["labels"] = tokenizer(words, return_tensors="pt", padding=True).input_ids
+    return inputs
+
+
+def eval_logits_diff(model, other, tokenizer) -> float:
+    """Largest difference between two models' logits on :func:`labelled_batch`, both in eval mode."""
+    import torch
+
+    model.eval(), other.eval()
+    inputs = labelled_batch(tokenizer)
+    with torch.no_grad():
+        return max_abs_diff(model(**inputs).logits, other(**inputs).logits)
+
+
+def train_checking_frozen(model, inputs, learning_rate: float, steps: int = 8) -> list[float]:
+    """AdamW on whatever requires grad (as Trainer does) for ``steps`` steps on one batch; every frozen parameter must
+    come out bit-identical. Returns the losses."""
+    import torch
+
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen, "nothing is frozen"
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    changed = [name for name, p in model.named_parameters() if name in frozen and not torch.equal(p, frozen[name])]
+    assert not changed, f"frozen parameters changed: {changed[:3]}"
+    return losses
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,7 +130,11 @@ def load_trained_model(output_dir: Path):
     if (model_dir / "adapter_model.safetensors").is_file():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, model_dir).eval()
+        from hf_peft_suite.methods.prefix_tuning import fix_peft_prefix_generation
+
+        model = PeftModel.from_pretrained(base, model_dir).eval()
+        fix_peft_prefix_generation(model)  # what the model card does too (a no-op but for prefix tuning)
+        return model
     import adapters
 
     adapters.init(base)

@@ -335,15 +335,17 @@ def test_a_base_that_already_has_adapters_is_refused():
         build_scratch_adapter(base, AdapterOptions())
 
 
-def test_a_base_without_t5_blocks_is_refused():
-    from transformers import BartConfig, BartForConditionalGeneration
+def test_a_base_of_a_family_without_a_placement_is_refused():
+    from transformers import MarianConfig, MarianMTModel
 
-    bart = BartForConditionalGeneration(
-        BartConfig(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                   decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)
+    marian = MarianMTModel(
+        MarianConfig(vocab_size=32, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                     decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, pad_token_id=0,
+                     decoder_start_token_id=0)
     )
-    with pytest.raises(UsageError, match="places adapters in T5 blocks, but the base model is a Bart"):
-        build_scratch_adapter(bart, AdapterOptions())
+    with pytest.raises(UsageError, match="--method adapter .*supports the encoder-decoder families T5 .*BART.*the base "
+                                         "model is a MarianMTModel \\(model_type 'marian'\\)"):
+        build_scratch_adapter(marian, AdapterOptions())
 
 
 def test_options_parse_from_the_command_line():

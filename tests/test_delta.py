@@ -129,6 +129,8 @@ SCRATCH_CELLS = {
     "prompt_tuning": {"num_virtual_tokens": 4},
     "adapter": {"adapter_reduction_factor": 4},
     "lora": {"lora_r": 4},
+    "ia3": {},
+    "prefix_tuning": {"prefix_num_virtual_tokens": 4},
 }
 
 

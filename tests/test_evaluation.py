@@ -9,11 +9,12 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 from hf_peft_suite.arguments import TrainingArguments
 from hf_peft_suite.data import load_data
 from hf_peft_suite.methods import METHODS, build_method_model, library_problem
+from hf_peft_suite.one_pass import reusable
 from hf_peft_suite.tiny import TINY_DATASET_NAME, build_tiny_model
 from hf_peft_suite.trainer import GenerationAccuracyTrainer
 
 SMALL_OPTIONS = {"prompt_tuning": {"num_virtual_tokens": 4}, "adapter": {"adapter_reduction_factor": 4},
-                 "lora": {"lora_r": 4}}
+                 "lora": {"lora_r": 4}, "prefix_tuning": {"prefix_num_virtual_tokens": 4}}
 
 
 def cells():
@@ -85,8 +86,11 @@ def test_one_encoder_pass_gives_the_two_pass_predictions_and_loss(method, implem
     calls = count_encoder_calls(model)
     one_pass = trainer_for(GenerationAccuracyTrainer, model, data, tiny_tokenizer, tmp_path / "one")
     metrics = one_pass.evaluate()
-    assert calls[0] == batches
-    assert len(reused) == batches and all(cache is not None for cache in reused)
+    if reusable(model):
+        assert calls[0] == batches
+        assert len(reused) == batches and all(cache is not None for cache in reused)
+    else:  # peft prefix tuning keeps Seq2SeqTrainer's two passes
+        assert calls[0] == 2 * batches
 
     calls[0] = 0
     two_pass = trainer_for(TwoPassTrainer, model, data, tiny_tokenizer, tmp_path / "two")
@@ -96,6 +100,9 @@ def test_one_encoder_pass_gives_the_two_pass_predictions_and_loss(method, implem
     assert one_pass.last_eval_class_ids == two_pass.last_eval_class_ids
     for key in ("eval_accuracy", "eval_macro_f1", "eval_invalid_rate", "eval_num_scored"):
         assert metrics[key] == reference[key]
+    if not reusable(model):  # both trainers took the same two passes: nothing more to compare
+        assert metrics["eval_loss"] == reference["eval_loss"]
+        return
 
     # Batch by batch: the same generated token ids (the two-pass step pads them to generation_config.max_length) and
     # the same loss (T5's mean over the batch's label tokens).
@@ -106,12 +113,13 @@ def test_one_encoder_pass_gives_the_two_pass_predictions_and_loss(method, implem
         assert torch.equal(generated, padded[:, : generated.shape[1]])
         assert (padded[:, generated.shape[1]:] == tiny_tokenizer.pad_token_id).all()
         batch_tokens = sums_and_counts[:, 1].sum().item()
-        assert abs(sums_and_counts[:, 0].sum().item() / batch_tokens - loss.item()) <= 1e-6
+        # 1e-6 relative: a float32 mean near 8 (the random (IA)³ vectors') has a last bit of about 1e-6 itself.
+        assert abs(sums_and_counts[:, 0].sum().item() / batch_tokens - loss.item()) <= 1e-6 * max(1.0, loss.item())
         label_tokens += batch_tokens
         two_pass_loss += loss.item() * batch_tokens
     # eval_loss is the mean over all label tokens. Trainer's own aggregate repeats each batch's loss by the size of
     # the *first* batch, so it over-weights a short last batch (45 = 5 x 8 + 5 here); with full batches they agree.
-    assert abs(metrics["eval_loss"] - two_pass_loss / label_tokens) <= 1e-6
+    assert abs(metrics["eval_loss"] - two_pass_loss / label_tokens) <= 1e-6 * max(1.0, metrics["eval_loss"])
 
 
 @pytest.mark.parametrize(("method", "implementation"), [("lora", "scratch"), ("prompt_tuning", "library")])

@@ -73,7 +73,7 @@ def test_running_alone_means_the_reference_recipe():
     assert defaults.data.clean_text is True and defaults.training.seed == 42
 
 
-@pytest.mark.parametrize("method", ["full", "prompt_tuning", "adapter", "lora"])
+@pytest.mark.parametrize("method", ["full", "prompt_tuning", "adapter", "lora", "ia3", "prefix_tuning"])
 def test_a_method_without_a_learning_rate_gets_its_own_and_says_where_it_comes_from(method):
     from hf_peft_suite.methods import METHODS
 
@@ -84,7 +84,8 @@ def test_a_method_without_a_learning_rate_gets_its_own_and_says_where_it_comes_f
     assert given.training.learning_rate == 0.002 and given.origins["learning_rate"] == "command line"
     # A preset's per-method section beats the method default; a flag beats the preset.
     tiny = parse_arguments(["--method", method, "--preset", "tiny"])
-    assert tiny.training.learning_rate == {"full": 3e-3, "lora": 0.01, "adapter": 0.01, "prompt_tuning": 0.3}[method]
+    assert tiny.training.learning_rate == {"full": 3e-3, "lora": 0.01, "adapter": 0.01, "prompt_tuning": 0.3,
+                                           "ia3": 0.1, "prefix_tuning": 0.1}[method]
     assert tiny.origins["learning_rate"] == "preset tiny"
 
 

@@ -16,6 +16,7 @@ import shutil
 import pytest
 
 from hf_peft_suite import hub
+from hf_peft_suite.arguments import load_preset
 from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
 from hf_peft_suite.methods import METHODS, library_problem
@@ -24,6 +25,9 @@ from hf_peft_suite.weights import tensor_shapes
 from .helpers import evaluate_in_one_process
 
 ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
+# The tiny preset's per-method rates where it has one (0.3 for a prompt, 0.1 for (IA)³ vectors), else 0.01.
+TINY_RATES = {method: settings["learning_rate"] for method, settings in load_preset("tiny")["per_method"].items()
+              if "learning_rate" in settings}
 TOKEN = "hf_test_token_not_a_real_one"
 FILES = {
     "full": {"README.md", "config.json", "generation_config.json", "model.safetensors"},
@@ -74,7 +78,7 @@ def test_push_sends_only_the_delta_its_config_and_a_card_that_loads_it(method, i
     output_dir = tmp_path / "run"
     results = run_experiment(
         preset="tiny", method=method, implementation=implementation, max_train_samples=512, max_steps=24,
-        learning_rate=0.3 if method == "prompt_tuning" else 0.01, max_eval_samples=32, eval_strategy="no",
+        learning_rate=TINY_RATES.get(method, 0.01), max_eval_samples=32, eval_strategy="no",
         output_dir=str(output_dir), push_to_hub=True, hub_model_id=repo,
     )
     assert len(fake_upload) == 1

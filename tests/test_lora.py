@@ -26,22 +26,15 @@ from hf_peft_suite.methods.lora import (
     import_from_peft,
     lora_layers,
 )
-from hf_peft_suite.tiny import build_tiny_dataset, build_tiny_model
+from hf_peft_suite.tiny import build_tiny_model
 
-from .helpers import max_abs_diff
+from .helpers import labelled_batch as batch
+from .helpers import eval_logits_diff, max_abs_diff, train_checking_frozen
 
 peft = pytest.importorskip("peft")
 
 OPTIONS = LoRAOptions(lora_r=4, lora_alpha=8, lora_dropout=0.0)
 TOLERANCE = 1e-5
-
-
-def batch(tokenizer, size: int = 4):
-    reviews = build_tiny_dataset(num_train=size, num_test=2, seed=1)["train"].to_dict()
-    inputs = tokenizer(reviews["text"], return_tensors="pt", padding=True)
-    words = ["positive" if label else "negative" for label in reviews["label"]]
-    inputs["labels"] = tokenizer(words, return_tensors="pt", padding=True).input_ids
-    return inputs
 
 
 def peft_name(scratch_name: str) -> str:
@@ -57,6 +50,9 @@ def randomize_lora_b(model: LoRAModel, seed: int = 1) -> None:
     with torch.no_grad():
         for _, layer in model.lora_layers():
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=generator) * 0.1)
+            if layer.use_dora:  # a magnitude away from its init ||W0||, so m / ||W0 + s B A|| is far from 1
+                magnitude = layer.lora_magnitude_vector.weight
+                magnitude.mul_(1 + 0.5 * torch.rand(magnitude.shape, generator=generator))
 
 
 def scratch_and_library(options=OPTIONS, seed: int = 0):
@@ -79,6 +75,8 @@ def copy_lora_weights(scratch: LoRAModel, library) -> None:
             library_parameters[peft_name(name)].copy_(tensor)
 
 
+def library_parameters_trained(library) -> list[str]:
+    return [name for name, parameter in library.named_parameters() if parameter.requires_grad]
 
 
 # --------------------------------------------------------------------------------------------- the layer itself
@@ -113,9 +111,10 @@ def test_dropout_acts_on_the_input_of_a_only():
 
 
 # -------------------------------------------------------------------------------------------------- parity
-@pytest.mark.parametrize("targets", [["q", "v"], ["all-linear"]])
-def test_scratch_and_peft_give_the_same_logits_loss_gradients_and_generations(tiny_tokenizer, targets):
-    options = LoRAOptions(lora_r=4, lora_alpha=8, lora_target_modules=targets)
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+@pytest.mark.parametrize("targets", [["q", "v"], ["all-linear"], [".*decoder.*(q|v)"]], ids=["qv", "all", "regex"])
+def test_scratch_and_peft_give_the_same_logits_loss_gradients_and_generations(tiny_tokenizer, targets, use_dora):
+    options = LoRAOptions(lora_r=4, lora_alpha=8, lora_target_modules=targets, lora_use_dora=use_dora)
     torch.manual_seed(0)
     fresh_scratch = build_scratch(build_tiny_model(), options)
     torch.manual_seed(0)
@@ -136,15 +135,19 @@ def test_scratch_and_peft_give_the_same_logits_loss_gradients_and_generations(ti
     inputs = batch(tiny_tokenizer)
     scratch.train(), library.train()
     scratch_output, library_output = scratch(**inputs), library(**inputs)
-    assert max_abs_diff(scratch_output.logits, library_output.logits) <= TOLERANCE
-    assert abs(scratch_output.loss.item() - library_output.loss.item()) <= TOLERANCE
+    logits_diff = max_abs_diff(scratch_output.logits, library_output.logits)
+    loss_diff = abs(scratch_output.loss.item() - library_output.loss.item())
     scratch_output.loss.backward()
     library_output.loss.backward()
     library_parameters = dict(library.named_parameters())
+    gradient_diff = 0.0
     for name in scratch.delta_parameter_names():
         scratch_grad = scratch.get_parameter(name).grad
         assert scratch_grad is not None and scratch_grad.abs().max() > 0, name
-        assert max_abs_diff(scratch_grad, library_parameters[peft_name(name)].grad) <= TOLERANCE, name
+        gradient_diff = max(gradient_diff, max_abs_diff(scratch_grad, library_parameters[peft_name(name)].grad))
+    print(f"\nmax abs diff: logits {logits_diff:.2e}, loss {loss_diff:.2e}, gradients {gradient_diff:.2e}")
+    assert logits_diff <= TOLERANCE and loss_diff <= TOLERANCE and gradient_diff <= TOLERANCE
+    assert len(scratch.delta_parameter_names()) == len(library_parameters_trained(library))
 
     scratch.eval(), library.eval()
     generate = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=4)
@@ -193,15 +196,24 @@ def lora_parameter_count(config, rank: int, targets: str) -> int:
 
 
 @pytest.mark.parametrize("implementation", ["scratch", "library"])
-@pytest.mark.parametrize("targets, expected", [("q,v", 294_912), ("all-linear", 1_081_344)])
-def test_trainable_parameters_on_t5_small_follow_the_formula(t5_small_path, implementation, targets, expected):
+@pytest.mark.parametrize(
+    "targets, use_dora, expected", [("q,v", False, 294_912), ("all-linear", False, 1_081_344), ("q,v", True, 313_344)]
+)
+def test_trainable_parameters_on_t5_small_follow_the_formula(t5_small_path, implementation, targets, use_dora,
+                                                               expected):
     config = AutoConfig.from_pretrained(t5_small_path)
     with torch.device("meta"):  # shapes only: no memory, no shared fixture mutated
         base = AutoModelForSeq2SeqLM.from_config(config)
     assert sum(p.numel() for p in base.parameters()) == 60_506_624
-    model = get_method("lora").builder(implementation)(base, LoRAOptions(lora_r=8, lora_target_modules=targets))
+    if use_dora:  # DoRA's magnitude is computed from W0 at build time: it needs real (random) weights
+        torch.manual_seed(0)
+        base = AutoModelForSeq2SeqLM.from_config(config)
+    options = LoRAOptions(lora_r=8, lora_target_modules=None if targets == "q,v" else targets, lora_use_dora=use_dora)
+    model = get_method("lora").builder(implementation)(base, options)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == lora_parameter_count(config, 8, targets) == expected
+    attentions = config.num_layers + 2 * config.num_decoder_layers
+    magnitudes = 2 * attentions * config.d_model if use_dora else 0  # one per output row of q and v
+    assert trainable == lora_parameter_count(config, 8, targets) + magnitudes == expected
     if implementation == "library":
         assert model.get_nb_trainable_parameters()[0] == expected
 
@@ -239,9 +251,11 @@ def test_peft_model_save_and_load_restore_generations(tiny_tokenizer, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- merging
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
 @pytest.mark.parametrize("targets", [["q", "v"], ["all-linear"]])
-def test_merge_and_unload_gives_a_plain_t5_equal_to_the_lora_model(tiny_tokenizer, tmp_path, targets):
-    scratch, library = scratch_and_library(LoRAOptions(lora_r=4, lora_alpha=8, lora_target_modules=targets))
+def test_merge_and_unload_gives_a_plain_t5_equal_to_the_lora_model(tiny_tokenizer, tmp_path, targets, use_dora):
+    options = LoRAOptions(lora_r=4, lora_alpha=8, lora_target_modules=targets, lora_use_dora=use_dora)
+    scratch, library = scratch_and_library(options)
     scratch.eval()
     inputs = batch(tiny_tokenizer)
     with torch.no_grad():
@@ -280,8 +294,8 @@ def test_merge_in_place_then_unmerge(tiny_tokenizer):
         with pytest.raises(RuntimeError, match="not merged"):
             scratch.unmerge()
         assert max_abs_diff(scratch(**inputs).logits, expected) <= TOLERANCE
-    for name, layer in scratch.lora_layers():
-        assert max_abs_diff(layer.base_layer.weight, frozen[name]) <= 1e-6
+    for name, layer in scratch.lora_layers():  # the frozen weights come back exactly
+        assert torch.equal(layer.base_layer.weight, frozen[name]), name
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -291,25 +305,9 @@ def test_training_moves_only_lora_and_both_implementations_follow_the_same_loss_
     torch.manual_seed(0)
     library = build_library(build_tiny_model(), OPTIONS)  # same seed: the same starting A (B = 0 in both)
     inputs = batch(tiny_tokenizer, size=8)
-    curves = []
-    for model in (scratch, library):
-        base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-2)
-        model.train()
-        losses = []
-        for _ in range(8):
-            loss = model(**inputs).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-        assert losses[-1] < 0.7 * losses[0], losses
-        for name, parameter in model.named_parameters():
-            if name in base_before:
-                assert torch.equal(parameter, base_before[name]), f"frozen {name} changed"
-        curves.append(losses)
-    assert len(base_before) > 0 and max(abs(a - b) for a, b in zip(*curves)) <= 1e-4, curves
+    curves = [train_checking_frozen(model, inputs, learning_rate=1e-2) for model in (scratch, library)]
+    assert all(losses[-1] < 0.7 * losses[0] for losses in curves), curves
+    assert max(abs(a - b) for a, b in zip(*curves)) <= 1e-4, curves
 
 
 # --------------------------------------------------------------------------------------------- peft interop
@@ -350,8 +348,8 @@ def test_import_refuses_peft_features_plain_lora_lacks(tmp_path):
     library.save_pretrained(tmp_path)
     config_path = tmp_path / "adapter_config.json"
     adapter = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**adapter, "use_dora": True}))
-    with pytest.raises(UsageError, match="use_dora=True.*--implementation library"):
+    config_path.write_text(json.dumps({**adapter, "use_rslora": True}))
+    with pytest.raises(UsageError, match="use_rslora=True.*--implementation library"):
         import_from_peft(tmp_path, base_model=build_tiny_model())
     config_path.write_text(json.dumps(adapter))
     (tmp_path / "adapter_model.safetensors").unlink()
@@ -397,3 +395,99 @@ def test_lora_on_a_lora_model_is_refused():
     model = build_scratch(build_tiny_model(), OPTIONS)
     with pytest.raises(UsageError, match="already has LoRA"):
         build_scratch(model.base, OPTIONS)
+
+
+# --------------------------------------------------------------------------------------------------- DoRA
+def test_dora_with_dropout_draws_the_same_masks_as_peft(tiny_tokenizer):
+    scratch, library = scratch_and_library(LoRAOptions(lora_r=4, lora_alpha=8, lora_dropout=0.3, lora_use_dora=True))
+    inputs = batch(tiny_tokenizer)
+    scratch.train(), library.train()
+    torch.manual_seed(7)
+    scratch_output = scratch(**inputs)
+    torch.manual_seed(7)
+    library_output = library(**inputs)
+    assert max_abs_diff(scratch_output.logits, library_output.logits) <= TOLERANCE
+    scratch_output.loss.backward(), library_output.loss.backward()
+    library_parameters = dict(library.named_parameters())
+    for name in scratch.delta_parameter_names():
+        assert max_abs_diff(scratch.get_parameter(name).grad, library_parameters[peft_name(name)].grad) <= TOLERANCE
+
+
+def test_dora_starts_equal_to_the_base_and_its_magnitude_is_the_row_norm_of_w0(tiny_tokenizer):
+    base = build_tiny_model()
+    model = build_scratch(build_tiny_model(), LoRAOptions(lora_use_dora=True)).eval()
+    for name, layer in model.lora_layers():
+        norms = torch.linalg.norm(base.get_submodule(name).weight, dim=1)
+        assert torch.allclose(layer.lora_magnitude_vector.weight, norms), name
+    inputs = batch(tiny_tokenizer)
+    with torch.no_grad():
+        assert max_abs_diff(model(**inputs).logits, base.eval()(**inputs).logits) <= 1e-6
+
+
+def test_dora_exports_to_peft_and_imports_back(tiny_base_dir, tiny_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    scratch = build_scratch(AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir), LoRAOptions(lora_use_dora=True))
+    randomize_lora_b(scratch)
+    export_to_peft(scratch, tmp_path)
+    adapter = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter["use_dora"] is True
+    keys = load_file(tmp_path / "adapter_model.safetensors")
+    assert sum(key.endswith(".lora_magnitude_vector") for key in keys) == 12  # peft's own file names
+    loaded = peft.PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir), tmp_path)
+    assert eval_logits_diff(scratch, loaded, tiny_tokenizer) <= TOLERANCE
+    back = import_from_peft(tmp_path)
+    assert back.config.lora_use_dora is True
+    assert all(torch.equal(back.delta_state_dict()[n], t) for n, t in scratch.delta_state_dict().items())
+
+
+# ----------------------------------------------------------------------- targets that round-trip unchanged
+@pytest.mark.parametrize(
+    "targets", [["EncDecAttention.q"], ["SelfAttention.q", "EncDecAttention.v"], r".*decoder.*SelfAttention\.(q|v)"]
+)
+def test_dotted_and_regex_targets_round_trip_through_peft_unchanged(tiny_base_dir, tiny_tokenizer, tmp_path, targets):
+    option = [targets] if isinstance(targets, str) else targets
+    torch.manual_seed(0)
+    scratch = build_scratch(AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir), LoRAOptions(lora_target_modules=option))
+    randomize_lora_b(scratch)
+    assert scratch.config.lora_target_modules == (targets if isinstance(targets, str) else targets)
+    export_to_peft(scratch, tmp_path / "peft")
+    saved = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["target_modules"]
+    unordered = (lambda spec: spec) if isinstance(targets, str) else sorted  # peft saves a list as a set
+    assert unordered(saved) == unordered(targets)
+    back = import_from_peft(tmp_path / "peft")
+    assert sorted(back.lora_module_names) == sorted(scratch.lora_module_names)
+    assert unordered(back.config.lora_target_modules) == unordered(targets)
+    scratch.eval(), back.eval()
+    inputs = batch(tiny_tokenizer)
+    with torch.no_grad():
+        assert torch.equal(back(**inputs).logits, scratch(**inputs).logits)
+    # peft itself, given the same specification, adapts the same layers
+    library = build_library(build_tiny_model(), LoRAOptions(lora_target_modules=option))
+    peft_layers = {name[len("model."):] for name, m in library.base_model.named_modules() if hasattr(m, "lora_A")}
+    assert peft_layers == set(scratch.lora_module_names)
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [([".*q", "v"], "a regular expression.*must stand alone"), (["(q|v"], "not a valid regular expression")],
+)
+def test_bad_regular_expressions_are_usage_errors(targets, message):
+    with pytest.raises(UsageError, match=message):
+        LoRAOptions(lora_target_modules=targets)
+
+
+# ------------------------------------------------------------------------------------------ tied weights
+def test_merging_into_a_tied_lm_head_is_refused_and_changes_nothing(tiny_tokenizer):
+    model = build_scratch(build_tiny_model(), LoRAOptions(lora_target_modules=["q", "lm_head"]))
+    assert model.base.lm_head.weight is model.base.shared.weight  # t5-small ties its LM head to the embeddings
+    randomize_lora_b(model)
+    model.eval()
+    inputs = batch(tiny_tokenizer)
+    with torch.no_grad():
+        before = model(**inputs).logits
+    for merge in (model.merge, model.merge_and_unload):
+        with pytest.raises(UsageError, match="cannot merge into lm_head: its weight is tied to shared.weight"):
+            merge()
+    assert not model.merged
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)

@@ -355,13 +355,22 @@ def test_options_parse_from_the_command_line_and_the_method_is_registered(tiny_m
 
 
 def test_the_scratch_path_never_imports_peft():
+    """Every method's scratch model is built, trained a step, saved, loaded back and generates without peft."""
     code = (
-        "import sys, hf_peft_suite\n"
-        "from hf_peft_suite.methods import build_method_model\n"
+        "import sys, tempfile, hf_peft_suite\n"
+        "from transformers import AutoModelForSeq2SeqLM\n"
+        "from hf_peft_suite.methods import METHODS, build_method_model\n"
         "from hf_peft_suite.tiny import build_tiny_model, build_tiny_tokenizer\n"
         "tokenizer = build_tiny_tokenizer()\n"
-        "model = build_method_model(build_tiny_model(), 'prompt_tuning', 'scratch', None, tokenizer)\n"
-        "model.generate(**tokenizer(['great'], return_tensors='pt'), max_new_tokens=2)\n"
+        "inputs = tokenizer(['great'], return_tensors='pt')\n"
+        "for method in METHODS:\n"
+        "    model = build_method_model(build_tiny_model(), method, 'scratch', None, tokenizer)\n"
+        "    model(**inputs, labels=tokenizer(['positive'], return_tensors='pt').input_ids).loss.backward()\n"
+        "    if method != 'full':\n"
+        "        folder = tempfile.mkdtemp()\n"
+        "        model.save_pretrained(folder)\n"
+        "        model = AutoModelForSeq2SeqLM.from_pretrained(folder, base_model=build_tiny_model())\n"
+        "    model.generate(**inputs, max_new_tokens=2)\n"
         "assert not [name for name in sys.modules if name.split('.')[0] == 'peft'], 'peft was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))

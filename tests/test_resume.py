@@ -30,6 +30,10 @@ CELLS = [
     pytest.param("full", "scratch", id="full"),
     pytest.param("lora", "scratch", id="lora-scratch"),
     pytest.param("lora", "library", id="lora-peft"),
+    pytest.param("ia3", "scratch", id="ia3-scratch"),
+    pytest.param("ia3", "library", id="ia3-peft"),
+    pytest.param("prefix_tuning", "scratch", id="prefix-scratch"),
+    pytest.param("prefix_tuning", "library", id="prefix-peft"),
     pytest.param("adapter", "library", id="adapter-adapterhub",
                  marks=pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))),
 ]
@@ -38,6 +42,10 @@ WEIGHT_FILES = {
     ("full", "scratch"): {"config.json", "generation_config.json", "model.safetensors"},
     ("lora", "scratch"): {"config.json", "model.safetensors"},
     ("lora", "library"): {"adapter_config.json", "adapter_model.safetensors", "README.md"},
+    ("ia3", "scratch"): {"config.json", "model.safetensors"},
+    ("ia3", "library"): {"adapter_config.json", "adapter_model.safetensors", "README.md"},
+    ("prefix_tuning", "scratch"): {"config.json", "model.safetensors"},
+    ("prefix_tuning", "library"): {"adapter_config.json", "adapter_model.safetensors", "README.md"},
     ("adapter", "library"): {"adapter_config.json", "adapter.safetensors"},
 }
 TRAINER_FILES = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}

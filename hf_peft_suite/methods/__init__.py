@@ -9,11 +9,12 @@ base ``PreTrainedModel`` and the method's options and returns the model to train
 from __future__ import annotations
 
 from ..errors import UsageError
-from . import adapter, full, lora, prompt_tuning
+from . import adapter, full, ia3, lora, prefix_tuning, prompt_tuning
 from .base import IMPLEMENTATIONS, Method, Recommended, library_problem
 
 METHODS: dict[str, Method] = {
-    method.name: method for method in (full.METHOD, prompt_tuning.METHOD, adapter.METHOD, lora.METHOD)
+    method.name: method
+    for method in (full.METHOD, prompt_tuning.METHOD, adapter.METHOD, lora.METHOD, ia3.METHOD, prefix_tuning.METHOD)
 }
 
 __all__ = ["IMPLEMENTATIONS", "METHODS", "Method", "Recommended", "build_method_model", "get_method",

@@ -1,4 +1,5 @@
-"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021), from scratch and with AdapterHub ``adapters``.
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021), from scratch and with AdapterHub ``adapters``,
+on T5-layout models and BART.
 
 A bottleneck adapter is a small residual MLP inserted into every Transformer block of a frozen model::
 
@@ -29,6 +30,18 @@ as a child ``adapter`` of the T5 sublayer AdapterHub puts it in (``block.layer[0
 (``seq_bn``) or on the sublayer's ``dropout`` output (``double_seq_bn``), so the base model's code and parameter names
 are untouched.
 
+On BART (post-norm: each sublayer ends in ``LN(h + s)``, and AdapterHub's ``layer_norm`` argument is that LayerNorm)
+the same two configurations reduce to other equations (``adapters/models/bart/modeling_bart.py``), which the scratch
+adapters reproduce from a hook on each sublayer's LayerNorm (:class:`PostNormHooks`), kept as
+``attention_adapter`` / ``output_adapter`` of the layer where AdapterHub keeps ``attention_adapters`` /
+``output_adapters``::
+
+    seq_bn:          out = LN(h + s + A(LN(h + s)))
+    double_seq_bn:   out = LN(h + s + A(s))
+
+Which family a base belongs to, and where its sublayers are, comes from :mod:`~hf_peft_suite.methods.architectures`
+(T5, T5 v1.1, mT5: the T5 layout; BART); other families are refused with the list of supported ones.
+
 Trainable parameters: ``n_adapters * (2 * d * m + m + d)``, with ``n_adapters`` = encoder + decoder blocks (``seq_bn``)
 or twice that (``double_seq_bn``). t5-small (d = 512, 6 + 6 blocks, reduction 16, m = 32): 33,312 per adapter, so
 399,744 for ``seq_bn`` and 799,488 for ``double_seq_bn``.
@@ -42,6 +55,7 @@ AdapterHub's default exactly.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -55,6 +69,7 @@ from ..compat import average_loss_per_batch
 from ..errors import UsageError
 from ..files import ADAPTERHUB_CONFIG_NAME, ADAPTERHUB_TORCH_WEIGHTS_NAME, ADAPTERHUB_WEIGHTS_NAME
 from ..weights import check_saved_config, compare_shapes, load_tensors, tensor_shapes
+from .architectures import FAMILIES, Family, family_of
 from .base import Method, Recommended, library_problem
 from .delta import DeltaConfig, DeltaModel, delta_config_kwargs, register_delta_model
 from .formats import SCRATCH_DELTA, ArtifactFormat
@@ -227,7 +242,11 @@ class BottleneckAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The order of operations is AdapterHub's, so results agree to the last bit where the inputs do.
-        return x + self.up_proj(self.activation(self.down_proj(x))) * self.scaling
+        return x + self.delta(x)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``A(x) = scaling * up_proj(f(down_proj(x)))``, the adapter's contribution without its residual."""
+        return self.up_proj(self.activation(self.down_proj(x))) * self.scaling
 
     def apply_to_output(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
         """Forward hook: replace ``module``'s output ``x`` with ``x + A(x)``."""
@@ -262,45 +281,90 @@ ADAPTER_INITS: dict[str, Callable[[BottleneckAdapter], None]] = {
 }
 
 
-def is_t5_block(block: nn.Module) -> bool:
-    """Whether ``block`` has T5's layout: ``layer[0]`` self-attention, ``layer[-1]`` feed-forward."""
-    layers = getattr(block, "layer", None)
-    return bool(layers) and hasattr(layers[0], "SelfAttention") and hasattr(layers[-1], "DenseReluDense")
+def adapter_layers(base_model) -> tuple[Family, list[nn.Module]]:
+    """The base's family and every encoder and decoder layer (T5 block, BART layer), or a :class:`UsageError` naming
+    the families adapters can be placed in."""
+    family = family_of(base_model, "adapter", "adapters are placed after a family's own sublayers")
+    return family, family.layers(base_model)
 
 
-def t5_blocks(base_model) -> list[nn.Module]:
-    """Every encoder and decoder block of a T5-layout model, or a :class:`UsageError` for another architecture."""
-    blocks = [
-        *getattr(getattr(base_model, "encoder", None), "block", []),
-        *getattr(getattr(base_model, "decoder", None), "block", []),
-    ]
-    if not blocks or not all(is_t5_block(block) for block in blocks):
-        raise UsageError(
-            f"--method adapter places adapters in T5 blocks, but the base model is a {type(base_model).__name__} "
-            f"({getattr(base_model.config, 'model_type', '?')}); use a T5 model (t5-small, t5-base, ...)"
-        )
-    return blocks
+class PostNormHooks:
+    """The forward hooks that put bottleneck adapters into one post-norm layer (BART), where each sublayer ends in
+    ``LN(h + s)`` (``h`` the residual stream entering it, ``s`` its output after dropout).
+
+    A hook on each LayerNorm of the layer (:attr:`AdapterPlacement.layer_norms`) sees ``u = h + s`` and, where an
+    adapter ``A`` follows that sublayer, returns AdapterHub's result instead of ``LN(u)``:
+
+    * ``seq_bn`` (reads the residual stream): ``LN(u + A(LN(u)))``;
+    * ``double_seq_bn`` (reads the sublayer's output): ``LN(u + A(s))`` with ``s = u - h``.
+
+    Every LayerNorm's output is the residual stream of the next sublayer, so ``h`` is tracked from the layer's input
+    on. The LayerNorm is applied functionally inside its own hook (calling the module would run the hook again).
+    A plain object whose bound methods are the hooks, so a deep copy of the model gets hooks on its own copy.
+    """
+
+    def __init__(self, layer: nn.Module, adapters: dict[str, BottleneckAdapter], reads_residual_stream: bool):
+        self.layer = layer
+        self.adapters = adapters  # LayerNorm attribute name -> the adapter after that sublayer
+        self.reads_residual_stream = reads_residual_stream
+        self.residual: torch.Tensor | None = None
+
+    def layer_input(self, module, args, kwargs) -> None:
+        self.residual = args[0] if args else kwargs["hidden_states"]
+
+    def after_norm(self, norm_name: str, norm: nn.LayerNorm, args, output: torch.Tensor) -> torch.Tensor:
+        adapter = self.adapters.get(norm_name)
+        if adapter is not None:
+            summed = args[0]
+            read = output if self.reads_residual_stream else summed - self.residual
+            output = nn.functional.layer_norm(summed + adapter.delta(read), norm.normalized_shape, norm.weight,
+                                              norm.bias, norm.eps)
+        self.residual = output
+        return output
 
 
 def attach_adapters(base_model, settings: AdapterSettings) -> None:
-    """Add a :class:`BottleneckAdapter` named ``adapter`` to each sublayer the placement names, and hook it in."""
-    d_model = base_model.config.d_model
-    placement = settings.placement
-    blocks = t5_blocks(base_model)
-    if any(hasattr(layer, "adapter") for block in blocks for layer in block.layer):
+    """Add a :class:`BottleneckAdapter` after each sublayer the placement names, in every layer of the base, where the
+    family puts it (T5: as ``adapter`` of the sublayer; BART: as ``attention_adapter`` / ``output_adapter`` of the
+    layer, AdapterHub's containers), and hook it in."""
+    family, layers = adapter_layers(base_model)
+    placement, where = settings.placement, family.adapters
+    own_names = [our_container(family, name) for name in PLACEMENTS["double_seq_bn"].sublayers]
+    if any(hasattr(module, own) for layer in layers for module in layer.modules() for own in own_names):
         raise UsageError(
             "this base model already carries bottleneck adapters (it was passed to build_scratch before); "
             "build each adapter model from a freshly loaded base model"
         )
-    for block in blocks:
-        sublayers = {"self_attention": block.layer[0], "feed_forward": block.layer[-1]}
+    d_model = base_model.config.d_model
+    for layer in layers:
+        adapters = {}
         for name in placement.sublayers:
-            sublayer = sublayers[name]
             adapter = BottleneckAdapter(d_model, settings.bottleneck_size, settings.non_linearity, settings.scaling)
             ADAPTER_INITS[settings.init_weights](adapter)
-            sublayer.adapter = adapter
-            hooked = sublayer if placement.reads_residual_stream else sublayer.dropout
-            hooked.register_forward_hook(adapter.apply_to_output)
+            adapters[name] = adapter
+        if where.style == "pre_norm":
+            for name, adapter in adapters.items():
+                sublayer = layer.layer[where.sublayers[name]]
+                sublayer.adapter = adapter
+                hooked = sublayer if placement.reads_residual_stream else sublayer.dropout
+                hooked.register_forward_hook(adapter.apply_to_output)
+            continue
+        for name, adapter in adapters.items():
+            setattr(layer, our_container(family, name), adapter)
+        hooks = PostNormHooks(layer, {where.sublayers[name]: adapter for name, adapter in adapters.items()},
+                              placement.reads_residual_stream)
+        layer.register_forward_pre_hook(hooks.layer_input, with_kwargs=True)
+        for norm_name in where.layer_norms:
+            if hasattr(layer, norm_name):
+                getattr(layer, norm_name).register_forward_hook(functools.partial(hooks.after_norm, norm_name))
+
+
+def our_container(family: Family, placement_name: str) -> str:
+    """The attribute holding the adapter: ``adapter`` on a T5 sublayer; AdapterHub's container name without its
+    plural ``s`` on a BART layer (``attention_adapter``, ``output_adapter``)."""
+    if family.adapters.style == "pre_norm":
+        return "adapter"
+    return family.adapters.adapterhub_containers[placement_name].removesuffix("s")
 
 
 # ----------------------------------------------------------------------------------------- the scratch model
@@ -357,7 +421,7 @@ register_delta_model(BottleneckAdapterConfig, BottleneckAdapterModel)
 
 def build_scratch_adapter(base_model, options: AdapterOptions | None = None, tokenizer=None) -> BottleneckAdapterModel:
     """Freeze ``base_model`` and add hand-written bottleneck adapters as ``options`` say."""
-    t5_blocks(base_model)
+    adapter_layers(base_model)
     settings = resolve_adapter_settings(options, base_model.config.d_model)
     config = BottleneckAdapterConfig(
         adapter_config=settings.adapter_config,
@@ -401,7 +465,7 @@ def adapterhub_config(settings: AdapterSettings):
 def build_library_adapter(base_model, options: AdapterOptions | None = None, tokenizer=None):
     """``base_model`` with an AdapterHub bottleneck adapter added, active and the only trainable part."""
     adapters = _require_adapterhub()
-    t5_blocks(base_model)
+    adapter_layers(base_model)
     settings = resolve_adapter_settings(options, base_model.config.d_model)
     adapters.init(base_model)
     base_model.add_adapter(LIBRARY_ADAPTER_NAME, config=adapterhub_config(settings))
@@ -481,15 +545,28 @@ ADAPTERHUB_PLACEMENT_FIELDS = {  # (mh_adapter, output_adapter, original_ln_befo
 }
 
 
+def adapterhub_containers() -> dict[str, str]:
+    """Our attribute holding an adapter -> where AdapterHub keeps it (before the adapter's name): a T5 sublayer's
+    ``adapter`` is in the sublayer's own ``adapters``; a BART layer's ``output_adapter`` in
+    ``output_adapters.adapters``."""
+    containers = {"adapter": "adapters"}
+    for family in FAMILIES.values():
+        for placement_name, hub in family.adapters.adapterhub_containers.items():
+            containers[our_container(family, placement_name)] = f"{hub}.adapters"
+    return containers
+
+
 def adapterhub_name(name: str, adapter_name: str = LIBRARY_ADAPTER_NAME) -> str:
     """AdapterHub's name for one of our parameters.
 
     ``base.encoder.block.0.layer.1.adapter.down_proj.weight``
-    -> ``encoder.block.0.layer.1.adapters.<name>.adapter_down.0.weight``
+    -> ``encoder.block.0.layer.1.adapters.<name>.adapter_down.0.weight``;
+    ``base.model.encoder.layers.0.output_adapter.up_proj.bias``
+    -> ``model.encoder.layers.0.output_adapters.adapters.<name>.adapter_up.bias``
     """
-    prefix, part, kind = name.removeprefix("base.").rsplit(".", 2)
-    sublayer = prefix.removesuffix(".adapter")
-    return f"{sublayer}.adapters.{adapter_name}.{ADAPTERHUB_PARTS[part]}.{kind}"
+    path, part, kind = name.removeprefix("base.").rsplit(".", 2)
+    prefix, container = path.rsplit(".", 1)
+    return f"{prefix}.{adapterhub_containers()[container]}.{adapter_name}.{ADAPTERHUB_PARTS[part]}.{kind}"
 
 
 def adapterhub_state_dict(model: BottleneckAdapterModel, adapter_name: str = LIBRARY_ADAPTER_NAME) -> dict:

@@ -47,6 +47,9 @@ class Method:
         library_format: the same for the library model.
         library_module: the importable name of that library (``peft``, ``adapters``).
         library_install_hint: what to run when the library is missing.
+        supports_gradient_checkpointing: ``False`` refuses ``--gradient_checkpointing`` before anything is loaded.
+        library_loading_lines: Python lines a model card adds after loading the library model as ``model`` (a fix
+            the library needs; ``hf_peft_suite`` is imported there).
     """
 
     name: str
@@ -58,6 +61,8 @@ class Method:
     library_format: ArtifactFormat | None = None
     library_module: str | None = None
     library_install_hint: str | None = None
+    supports_gradient_checkpointing: bool = True
+    library_loading_lines: tuple[str, ...] = ()
 
     @property
     def default_learning_rate(self) -> float:

@@ -33,9 +33,12 @@ from ..files import MODEL_WEIGHTS_NAME
 from ..weights import compare_shapes, load_tensors
 
 DELTA_WEIGHTS_NAME = MODEL_WEIGHTS_NAME  # model.safetensors, holding only the delta's tensors
-# Fields that must agree between the base a delta was trained on and the base it is loaded onto.
+# Fields that must agree between the base a delta was trained on and the base it is loaded onto (T5 and mT5 name
+# them one way, BART another; a config records the ones it has).
 ARCHITECTURE_FIELDS = (
     "model_type", "vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+    "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim",
+    "decoder_ffn_dim",
 )
 
 
@@ -225,10 +228,23 @@ class DeltaModel(PreTrainedModel):
 
 def delta_config_kwargs(base_model: PreTrainedModel) -> dict:
     """The base-model fields every :class:`DeltaConfig` subclass is built with, taken from ``base_model``."""
+    config = base_model.config
     return {
-        "base_model_name_or_path": getattr(base_model, "name_or_path", None) or base_model.config.name_or_path,
-        "base_model_config": {field: getattr(base_model.config, field, None) for field in ARCHITECTURE_FIELDS},
+        "base_model_name_or_path": getattr(base_model, "name_or_path", None) or config.name_or_path,
+        "base_model_config": {field: getattr(config, field) for field in ARCHITECTURE_FIELDS if hasattr(config, field)},
     }
+
+
+def attach_base(config: DeltaConfig, base_model: PreTrainedModel | None = None, delta_source: str | None = None,
+                **kwargs) -> PreTrainedModel:
+    """The base an imported delta goes onto: ``base_model``, or the one ``config`` names (loaded with ``kwargs``).
+    ``config`` then records that base's name (where it named none) and architecture."""
+    if base_model is None:
+        base_model = load_base_model(config, delta_source=delta_source, **kwargs)
+    fields = delta_config_kwargs(base_model)
+    config.base_model_config = fields["base_model_config"]
+    config.base_model_name_or_path = config.base_model_name_or_path or fields["base_model_name_or_path"]
+    return base_model
 
 
 def check_same_architecture(config: DeltaConfig, base_config: PretrainedConfig) -> None:

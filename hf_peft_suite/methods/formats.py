@@ -96,3 +96,7 @@ class PeftAdapterFormat(ArtifactFormat):
 WHOLE_MODEL = ArtifactFormat()
 SCRATCH_DELTA = DeltaFormat()
 PEFT_ADAPTER = PeftAdapterFormat()
+
+# The library side every peft-backed method shares (``Method(..., **PEFT_LIBRARY)``): the format, module, install hint.
+PEFT_LIBRARY = {"library_format": PEFT_ADAPTER, "library_module": "peft",
+                "library_install_hint": "pip install 'peft>=0.17'"}

@@ -1,4 +1,4 @@
-"""LoRA (low-rank adaptation), written from scratch and configured in HF ``peft``, side by side.
+"""LoRA (low-rank adaptation) and its DoRA variant, written from scratch and configured in HF ``peft``, side by side.
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", https://arxiv.org/abs/2106.09685.
 A frozen linear layer ``W0 x`` gets a trainable low-rank update::
@@ -10,6 +10,19 @@ adapted model begins exactly equal to the base. Adapting a layer costs ``r * (d_
 default targets (``q`` and ``v`` of every attention: 6 encoder self-attentions plus 6 decoder self- and 6 cross-
 attentions in t5-small, all 512 -> 512) and ``r = 8`` that is ``36 * 8 * (512 + 512) = 294,912``.
 
+DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", https://arxiv.org/abs/2402.09353,
+``--lora_use_dora true``) splits the adapted weight into a magnitude and a direction and trains a magnitude ``m``
+(one number per output row) beside A and B::
+
+    W' = m * (W0 + s B A) / ||W0 + s B A||_row        s = alpha / r;  m starts as ||W0||_row, so W' = W0 at first
+
+and, as the paper's section 4.3 suggests and peft does, the norm is treated as a constant in back-propagation. In
+the forward pass, without materialising ``W'`` (peft's ``DoraLinearLayer``)::
+
+    h = W0 x + b + (m / n - 1) * (W0 x) + (m / n) * s B A x        n = ||W0 + s B A||_row (detached)
+
+It costs ``d_out`` more per layer: 294,912 + 36 * 512 = 313,344 on t5-small (q, v, r 8).
+
 Two implementations, configured by the same :class:`LoRAOptions`:
 
 * ``scratch``: :class:`LoRALinear` wraps each targeted ``nn.Linear`` (its frozen weight is the original layer's own
@@ -17,38 +30,61 @@ Two implementations, configured by the same :class:`LoRAOptions`:
   saves only the LoRA weights and loads through ``AutoModelForSeq2SeqLM``. No ``peft`` import on this path.
 * ``library``: ``peft.get_peft_model`` with the ``LoraConfig`` that :func:`peft_lora_config` builds.
 
-Parity is designed in, from peft's ``tuners/lora/layer.py`` (0.21): the same scaling ``alpha / r``, dropout applied
-to the input of A only, ``(result + B(A(dropout(x))) * scaling)`` in that order, A and B built as ``nn.Linear``
-layers and A re-initialised Kaiming-uniform (so, layer for layer in ``named_modules`` order, the same seed draws the
-same A in both), and the same parameter names (``<module>.lora_A.weight``, ``<module>.lora_B.weight``), which makes
-:func:`export_to_peft` / :func:`import_from_peft` a renaming of keys.
+Parity is designed in, from peft's ``tuners/lora/layer.py``, ``variants.py`` and ``dora.py`` (0.21): the same
+scaling ``alpha / r``, dropout applied to the input of A only, ``(result + B(A(dropout(x))) * scaling)`` in that
+order, A and B built as ``nn.Linear`` layers and A re-initialised Kaiming-uniform (so, layer for layer in
+``named_modules`` order, the same seed draws the same A in both), DoRA's magnitude, norm and dropout handling in
+peft's order, and the same parameter names (``<module>.lora_A.weight``, ``<module>.lora_B.weight``,
+``<module>.lora_magnitude_vector.weight``), which makes :func:`export_to_peft` / :func:`import_from_peft` a renaming
+of keys. Target layers: :mod:`~hf_peft_suite.methods.targets` (names, dotted suffixes, a regular expression, or
+all-linear; by default the family's, as peft's table has them: ``q v`` on T5/mT5, ``q_proj v_proj`` on BART).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..files import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
-from ..weights import load_tensors
 from .base import Method, Recommended
-from .delta import DeltaConfig, DeltaModel, delta_config_kwargs, load_base_model, register_delta_model
-from .formats import PEFT_ADAPTER, SCRATCH_DELTA
+from .delta import DeltaConfig, attach_base, delta_config_kwargs, register_delta_model
+from .formats import PEFT_LIBRARY, SCRATCH_DELTA
+from .peft_files import (
+    PEFT_KEY_PREFIX,
+    check_adapter_keys,
+    load_adapter_weights,
+    peft_key,
+    read_peft_adapter,
+    refuse_unsupported_fields,
+    saved_target_modules,
+    write_peft_adapter,
+)
+from .targets import (
+    ALL_LINEAR,
+    AdaptedLinear,
+    AdaptedLinearModel,
+    adapted_layers,
+    adapter_parameter_dtype,
+    describe,
+    find_target_modules,
+    parse_target_modules,
+    replace_module,
+    resolve_target_modules,
+)
 
-DEFAULT_TARGET_MODULES = ("q", "v")
-ALL_LINEAR = "all-linear"
+__all__ = ["ALL_LINEAR", "PEFT_KEY_PREFIX", "LoRALinear", "LoRAModel", "LoRAOptions", "build_library", "build_scratch",
+           "export_to_peft", "import_from_peft", "lora_layers"]
+
+TARGETS_OPTION = "lora_target_modules"
 # The trainable tensors of one LoRALinear, named as peft names them (minus peft's adapter name, ``default``).
 LORA_PARAMETER_NAMES = ("lora_A.weight", "lora_B.weight")
-# How peft names a module's LoRA weights in adapter_model.safetensors: PeftModel.base_model.model.<module path>.
-PEFT_KEY_PREFIX = "base_model.model."
+DORA_PARAMETER_NAME = "lora_magnitude_vector.weight"
+DORA_FILE_NAME = "lora_magnitude_vector"  # peft's adapter_model.safetensors keeps the pre-0.12 name, without .weight
 
 
 # ------------------------------------------------------------------------------------------------------- options
@@ -61,16 +97,22 @@ class LoRAOptions:
     lora_dropout: float = field(
         default=0.0, metadata={"help": "Dropout on the input of LoRA's A (the frozen path sees no extra dropout)."}
     )
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+    lora_target_modules: Optional[list[str]] = field(
+        default=None,
         metadata={
-            "help": "Linear layers to adapt, by name or dotted suffix (q k v o wi wo in T5; 'q,v' works too), or "
-            "'all-linear' for every linear layer but the LM head (q k v o wi wo in T5)."
+            "help": "Linear layers to adapt: names or dotted suffixes (q k v o wi wo in T5, q_proj v_proj fc1 ... in "
+            "BART; 'q,v' works too), one regular expression matching whole module names (e.g. '.*decoder.*(q|v)'), "
+            "or 'all-linear' for every linear layer but the LM head. Default: the model family's (peft's table): "
+            "q v for T5 and mT5, q_proj v_proj for BART."
         },
+    )
+    lora_use_dora: bool = field(
+        default=False,
+        metadata={"help": "DoRA (Liu et al. 2024): also train a per-row magnitude of the adapted weight."},
     )
 
     def __post_init__(self):
-        self.lora_target_modules = parse_target_modules(self.lora_target_modules)
+        self.lora_target_modules = parse_target_modules(self.lora_target_modules, TARGETS_OPTION)
         if isinstance(self.lora_r, bool) or not isinstance(self.lora_r, int) or self.lora_r <= 0:
             raise UsageError(
                 f"--lora_r must be a positive integer (got {self.lora_r!r}); the rank is usually 4 to 64, e.g. 8"
@@ -81,17 +123,8 @@ class LoRAOptions:
             )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise UsageError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout!r}), e.g. 0.0 or 0.1")
-
-
-def parse_target_modules(target_modules) -> list[str]:
-    """``"q,v"``, ``["q,v"]`` or ``["q", "v"]`` -> ``["q", "v"]``; ``"all-linear"`` must stand alone."""
-    entries = [target_modules] if isinstance(target_modules, str) else list(target_modules or [])
-    names = [name.strip() for entry in entries for name in str(entry).split(",") if name.strip()]
-    if not names:
-        raise UsageError("--lora_target_modules is empty; name the linear layers to adapt, e.g. q v, or all-linear")
-    if ALL_LINEAR in names and len(names) > 1:
-        raise UsageError(f"--lora_target_modules {' '.join(names)}: use all-linear alone, or list the layers by name")
-    return names
+        if not isinstance(self.lora_use_dora, bool):
+            raise UsageError(f"--lora_use_dora takes true or false (got {self.lora_use_dora!r})")
 
 
 def check_lora_hyperparameters(rank, alpha, dropout) -> None:
@@ -115,53 +148,61 @@ def init_lora_b_zeros_(weight: torch.Tensor) -> None:
     nn.init.zeros_(weight)
 
 
-def lora_parameter_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    """LoRA weights stay fp32 over a half-precision base (as peft's ``autocast_adapter_dtype=True``)."""
-    return torch.float32 if base_dtype in (torch.float16, torch.bfloat16) else base_dtype
+def row_norm(weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``||W0 + s B A||`` of every output row (DoRA's ``||V + ΔV||_c``), computed as peft's ``get_weight_norm``."""
+    weight = weight + scaling * lora_weight
+    return torch.linalg.norm(weight, dim=1).to(weight.dtype)
 
 
-class LoRALinear(nn.Module):
-    """``y = W0 x + (alpha / r) * B A dropout(x)`` around a frozen ``nn.Linear`` (Hu et al. 2021, eq. 3).
+class DoRAMagnitude(nn.Module):
+    """DoRA's trained magnitude ``m``: one number per output row of the adapted weight (``weight``, d_out)."""
+
+    def __init__(self, magnitude: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(magnitude)
+
+
+class LoRALinear(AdaptedLinear):
+    """``y = W0 x + (alpha / r) * B A dropout(x)`` around a frozen ``nn.Linear`` (Hu et al. 2021, eq. 3), or its DoRA
+    form (Liu et al. 2024, eq. 5) with ``use_dora=True``.
 
     Args:
         base_layer: the layer to adapt; it is kept (``self.base_layer``), not copied, and frozen.
         rank: r, the inner dimension of ``B A``.
         alpha: the update is scaled by ``alpha / rank``.
         dropout: dropout probability on the input of A.
+        use_dora: also train a magnitude per output row (``lora_magnitude_vector.weight``, starting at ``||W0||``).
 
     Trainable parameters (:meth:`adapter_params`): ``lora_A.weight`` (r x d_in) and ``lora_B.weight`` (d_out x r),
-    r * (d_in + d_out) in all.
+    r * (d_in + d_out) in all, plus d_out for DoRA's magnitude.
     """
 
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
-        super().__init__()
+    method_name = "LoRA"
+
+    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, use_dora: bool = False):
+        super().__init__(base_layer)
         check_lora_hyperparameters(rank, alpha, dropout)
-        self.base_layer = base_layer.requires_grad_(False)
         self.rank = rank
         self.alpha = alpha
         self.scaling = alpha / rank
+        self.use_dora = bool(use_dora)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # Built on the default device and dtype, then moved: the same random draws as peft's layer.
         self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False)
         self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
         self.reset_lora_parameters()
         weight = base_layer.weight
-        self.lora_A.to(device=weight.device, dtype=lora_parameter_dtype(weight.dtype))
-        self.lora_B.to(device=weight.device, dtype=lora_parameter_dtype(weight.dtype))
-        self.merged = False
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen W0 (models read their linear layers' ``.weight``, e.g. T5's feed-forward for its dtype)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+        self.lora_A.to(device=weight.device, dtype=adapter_parameter_dtype(weight.dtype))
+        self.lora_B.to(device=weight.device, dtype=adapter_parameter_dtype(weight.dtype))
+        if self.use_dora:
+            with torch.no_grad():
+                lora_weight = self.lora_B.weight @ self.lora_A.weight
+                magnitude = row_norm(weight.to(lora_weight.device), lora_weight, self.scaling)
+            self.lora_magnitude_vector = DoRAMagnitude(magnitude)
 
     def adapter_params(self) -> list[str]:
         """The trained parameters (the :class:`~hf_peft_suite.methods.delta.DeltaModule` protocol)."""
-        return list(LORA_PARAMETER_NAMES)
+        return [*LORA_PARAMETER_NAMES, *([DORA_PARAMETER_NAME] if self.use_dora else [])]
 
     def reset_lora_parameters(self) -> None:
         init_lora_a_kaiming_uniform_(self.lora_A.weight)
@@ -171,109 +212,75 @@ class LoRALinear(nn.Module):
         result = self.base_layer(x)
         if self.merged:
             return result
+        result_dtype = result.dtype
         x = x.to(self.lora_A.weight.dtype)
-        return (result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling).to(result.dtype)
+        if self.use_dora:
+            result = result + self.dora_update(x, result)
+        else:
+            result = result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return result.to(result_dtype)
+
+    def dora_update(self, x: torch.Tensor, base_result: torch.Tensor) -> torch.Tensor:
+        """What DoRA adds to ``W0 x + b``: ``(m / n - 1) W0 x + (m / n) s B A x`` (peft's order of operations).
+
+        With dropout active, ``x`` is dropped out for both terms (``W0`` then sees the dropped input too), as in peft.
+        """
+        if isinstance(self.lora_dropout, nn.Identity) or not self.training:
+            bias = self.base_layer.bias
+            base_result = base_result if bias is None else base_result - bias
+        else:
+            x = self.lora_dropout(x)
+            base_result = None
+        eye = torch.eye(self.lora_A.in_features, device=x.device, dtype=self.lora_A.weight.dtype)
+        lora_weight = self.lora_B(self.lora_A(eye)).T.to(x.dtype)  # B A, computed as peft does (FSDP-safe)
+        weight = self.base_layer.weight.to(x.dtype)
+        norm = row_norm(weight, lora_weight.detach(), self.scaling).detach()
+        scale = (self.lora_magnitude_vector.weight / norm).view(1, -1)
+        lora_result = self.lora_B(self.lora_A(x))
+        if base_result is None:
+            base_result = F.linear(x, weight)
+        return (scale - 1) * base_result + scale * lora_result * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
-        """``(alpha / r) * B A``: what :meth:`merge` adds to the frozen weight (d_out x d_in)."""
+        """``(alpha / r) * B A`` (d_out x d_in): what plain LoRA adds to the frozen weight."""
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into the frozen weight (``W0 += (alpha / r) B A``); forward then skips A and B."""
-        if self.merged:
-            raise RuntimeError("this LoRA layer is already merged; call unmerge() before merging again")
+    def merged_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``W0 + s B A``; DoRA: ``m / ||W0 + s B A||_row * (W0 + s B A)``. The bias is unchanged."""
         weight = self.base_layer.weight
-        weight += self.delta_weight().to(weight.dtype)
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Take the update back out of the frozen weight (exact up to fp rounding, about 1e-7 in fp32)."""
-        if not self.merged:
-            raise RuntimeError("this LoRA layer is not merged; there is nothing to unmerge")
-        weight = self.base_layer.weight
-        weight -= self.delta_weight().to(weight.dtype)
-        self.merged = False
+        delta = self.delta_weight().to(weight.dtype)
+        if not self.use_dora:
+            return weight + delta, None
+        norm = row_norm(weight, delta, 1.0).detach()
+        factor = (self.lora_magnitude_vector.weight / norm).view(-1, 1)
+        return factor * (weight + delta), None
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}"
+        dora = ", dora=True" if self.use_dora else ""
+        return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:g}{dora}, merged={self.merged}"
 
 
-# ----------------------------------------------------------------------------------------- choosing the layers
-def module_matches(module_name: str, targets: list[str]) -> bool:
-    """peft's rule for a list of targets: the module's full name equals a target or ends with ``.<target>``."""
-    return any(module_name == target or module_name.endswith(f".{target}") for target in targets)
-
-
-def resolve_target_modules(model: nn.Module, target_modules) -> list[str]:
-    """The explicit target names both implementations get: ``all-linear`` becomes every linear layer's name
-    (last component) except the LM head's, as peft's ``all-linear`` does; other lists are returned as given."""
-    names = parse_target_modules(target_modules)
-    if names != [ALL_LINEAR]:
-        return names
-    output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and module is not output_embeddings
-        }
-    )
-
-
-def find_target_modules(model: nn.Module, target_modules: list[str]) -> list[str]:
-    """Full names (in ``named_modules`` order) of the linear layers ``target_modules`` selects; a
-    :class:`UsageError` if it selects none, or selects something that is not a plain ``nn.Linear``."""
-    found = []
-    for name, module in model.named_modules():
-        if not name or not module_matches(name, target_modules):
-            continue
-        if isinstance(module, LoRALinear):
-            raise UsageError(f"{name} already has LoRA; build LoRA on a fresh base model, not on a LoRA model")
-        if type(module) is not nn.Linear:
-            raise UsageError(
-                f"--lora_target_modules {' '.join(target_modules)} selects {name}, a {type(module).__name__}; "
-                f"LoRA here adapts nn.Linear layers only: name linear layers (e.g. q v) or use all-linear"
-            )
-        found.append(name)
-    if not found:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise UsageError(
-            f"--lora_target_modules {' '.join(target_modules)} matches no module of {type(model).__name__}; "
-            f"its linear layers are named {', '.join(linear)}: choose from those, or use all-linear"
-        )
-    return found
-
-
-def inject_lora(model: nn.Module, target_modules: list[str], rank: int, alpha: float, dropout: float) -> list[str]:
+def inject_lora(model: nn.Module, targets: list[str] | str, rank: int, alpha: float, dropout: float,
+                use_dora: bool = False) -> list[str]:
     """Replace every targeted ``nn.Linear`` of ``model`` (in place) by a :class:`LoRALinear` around it.
 
     Layers are wrapped in ``named_modules`` order, as peft does, so a seeded run draws the same A matrices.
     Returns the full names of the wrapped layers.
     """
-    names = find_target_modules(model, target_modules)
+    names = find_target_modules(model, targets, TARGETS_OPTION, AdaptedLinear)
     for name in names:
-        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
+        replace_module(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout, use_dora))
     return names
-
-
-def replace_module(model: nn.Module, name: str, new_module: nn.Module) -> None:
-    """Put ``new_module`` where ``model``'s submodule ``name`` (dotted path) is."""
-    parent_name, _, child_name = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child_name, new_module)
 
 
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     """``(name, layer)`` for every :class:`LoRALinear` in ``model``."""
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            yield name, module
+    return adapted_layers(model, LoRALinear)
 
 
 # -------------------------------------------------------------------------------------- the scratch wrapper
 class LoRAConfig(DeltaConfig):
-    """A frozen base model plus LoRA: the base's name and architecture, and the LoRA options."""
+    """A frozen base model plus LoRA: the base's name and architecture, and the LoRA options (targets resolved)."""
 
     model_type = "hf_peft_suite_lora"
 
@@ -282,18 +289,23 @@ class LoRAConfig(DeltaConfig):
         lora_r: int = 8,
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
-        lora_target_modules: list[str] | None = None,
+        lora_target_modules: Union[list[str], str, None] = None,
+        lora_use_dora: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
-        self.lora_target_modules = list(lora_target_modules or DEFAULT_TARGET_MODULES)
+        self.lora_target_modules = lora_target_modules if isinstance(lora_target_modules, str) else list(
+            lora_target_modules or ["q", "v"]
+        )
+        self.lora_use_dora = lora_use_dora
 
 
-class LoRAModel(DeltaModel):
-    """A frozen seq2seq base whose targeted linear layers are :class:`LoRALinear`; only A and B are trained/saved.
+class LoRAModel(AdaptedLinearModel):
+    """A frozen seq2seq base whose targeted linear layers are :class:`LoRALinear`; only A and B (and DoRA's
+    magnitude) are trained and saved.
 
     ``save_pretrained`` writes ``config.json`` and the LoRA weights (``model.safetensors``, names like
     ``base.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight``); after ``import hf_peft_suite``,
@@ -302,41 +314,18 @@ class LoRAModel(DeltaModel):
     """
 
     config_class = LoRAConfig
+    layer_class = LoRALinear
 
     def __init__(self, config: LoRAConfig, base_model=None):
         super().__init__(config, base_model)
         self.lora_module_names = inject_lora(
-            self.base, config.lora_target_modules, config.lora_r, config.lora_alpha, config.lora_dropout
+            self.base, config.lora_target_modules, config.lora_r, config.lora_alpha, config.lora_dropout,
+            config.lora_use_dora,
         )
 
     def lora_layers(self) -> Iterator[tuple[str, LoRALinear]]:
         """``(name in self.base, layer)`` for every LoRA layer."""
-        return lora_layers(self.base)
-
-    def merge(self) -> None:
-        """Fold every layer's update into its frozen weight, in place: inference at the base model's cost."""
-        for _, layer in self.lora_layers():
-            layer.merge()
-
-    def unmerge(self) -> None:
-        """Undo :meth:`merge` (the frozen weights come back up to fp rounding)."""
-        for _, layer in self.lora_layers():
-            layer.unmerge()
-
-    @property
-    def merged(self) -> bool:
-        return any(layer.merged for _, layer in self.lora_layers())
-
-    def merge_and_unload(self):
-        """A new plain model of the base's class (``T5ForConditionalGeneration``) with ``W0 + (alpha / r) B A`` as
-        its weights; it saves and loads like any model of that class. This LoRA model is left unchanged (the base
-        is copied once, unlike peft's ``merge_and_unload``, which consumes its PeftModel)."""
-        plain = copy.deepcopy(self.base)
-        for name, layer in list(lora_layers(plain)):
-            if not layer.merged:
-                layer.merge()
-            replace_module(plain, name, layer.base_layer)
-        return plain.requires_grad_(True)
+        return self.adapted_layers()
 
 
 register_delta_model(LoRAConfig, LoRAModel)
@@ -347,6 +336,11 @@ def lora_options(options) -> LoRAOptions:
     return options if options is not None else LoRAOptions()
 
 
+def lora_targets(base_model, options: LoRAOptions) -> list[str] | str:
+    """The explicit targets both implementations are built with (the family's default when none are given)."""
+    return resolve_target_modules(base_model, options.lora_target_modules, "lora", "lora_targets")
+
+
 def build_scratch(base_model, options=None, tokenizer=None) -> LoRAModel:
     """Wrap ``base_model`` (frozen) in a :class:`LoRAModel` with ``options``."""
     options = lora_options(options)
@@ -354,14 +348,16 @@ def build_scratch(base_model, options=None, tokenizer=None) -> LoRAModel:
         lora_r=options.lora_r,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
-        lora_target_modules=resolve_target_modules(base_model, options.lora_target_modules),
+        lora_target_modules=lora_targets(base_model, options),
+        lora_use_dora=options.lora_use_dora,
         **delta_config_kwargs(base_model),
     )
     return LoRAModel(config, base_model)
 
 
-def peft_lora_config(options: LoRAOptions, target_modules: list[str], base_model_name_or_path: str | None = None):
-    """peft's ``LoraConfig`` for ``options``: the same rank, alpha and dropout, and these explicit target names."""
+def peft_lora_config(options: LoRAOptions, target_modules, base_model_name_or_path: str | None = None):
+    """peft's ``LoraConfig`` for ``options``: the same rank, alpha, dropout and DoRA switch, and these explicit
+    targets (a list of names or one regular expression)."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -369,7 +365,8 @@ def peft_lora_config(options: LoRAOptions, target_modules: list[str], base_model
         r=options.lora_r,
         lora_alpha=options.lora_alpha,
         lora_dropout=options.lora_dropout,
-        target_modules=list(target_modules),
+        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        use_dora=options.lora_use_dora,
         bias="none",
         base_model_name_or_path=base_model_name_or_path,
     )
@@ -380,41 +377,32 @@ def build_library(base_model, options=None, tokenizer=None):
     from peft import get_peft_model
 
     options = lora_options(options)
-    target_modules = resolve_target_modules(base_model, options.lora_target_modules)
-    find_target_modules(base_model, target_modules)  # the same UsageError as the scratch path
+    target_modules = lora_targets(base_model, options)
+    find_target_modules(base_model, target_modules, TARGETS_OPTION, AdaptedLinear)  # the scratch path's UsageError
     return get_peft_model(base_model, peft_lora_config(options, target_modules))
 
 
 # ------------------------------------------------------------------------------------ peft-format interop
 def export_to_peft(model: LoRAModel, directory) -> None:
     """Write ``model``'s LoRA as a peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``) that
-    ``PeftModel.from_pretrained(base, directory)`` loads. The weights are exported as they are (unmerged)."""
-    from safetensors.torch import save_file
-
+    ``PeftModel.from_pretrained(base, directory)`` loads. The weights are exported as they are (unmerged); the
+    targets as they were given (names, dotted names or a regular expression)."""
+    if not isinstance(model, LoRAModel):
+        raise UsageError(f"export_to_peft takes a LoRAModel (scratch LoRA), not {type(model).__name__}")
     config = model.config
-    os.makedirs(directory, exist_ok=True)
-    options = LoRAOptions(
-        lora_r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        lora_target_modules=list(config.lora_target_modules),
-    )
+    options = LoRAOptions(lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          lora_use_dora=config.lora_use_dora)
     peft_config = peft_lora_config(options, config.lora_target_modules, config.base_model_name_or_path)
-    peft_config.inference_mode = True
-    peft_config.save_pretrained(directory)
-    weights = {
-        PEFT_KEY_PREFIX + name[len("base."):]: tensor
-        for name, tensor in model.delta_state_dict().items()
-    }
-    save_file(weights, os.path.join(directory, PEFT_WEIGHTS_NAME), {"format": "pt"})
+    weights = {peft_key(name).removesuffix(".weight") if name.endswith(DORA_PARAMETER_NAME) else peft_key(name): tensor
+               for name, tensor in model.delta_state_dict().items()}
+    write_peft_adapter(directory, peft_config, weights)
 
 
-# peft LoraConfig fields that change what a plain LoRA computes or where it goes, with the value plain LoRA has.
+# peft LoraConfig fields that change what plain LoRA (or DoRA) computes or where it goes, with the value it has.
 PEFT_PLAIN_LORA_FIELDS = {
     "bias": "none",
     "fan_in_fan_out": False,
     "use_rslora": False,
-    "use_dora": False,
     "lora_bias": False,
     "rank_pattern": {},
     "alpha_pattern": {},
@@ -423,66 +411,46 @@ PEFT_PLAIN_LORA_FIELDS = {
     "layer_replication": None,
     "target_parameters": None,
     "trainable_token_indices": None,
+    "exclude_modules": None,
 }
 
 
 def import_from_peft(directory, base_model=None) -> LoRAModel:
-    """A :class:`LoRAModel` from a peft LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+    """A :class:`LoRAModel` from a peft LoRA (or DoRA) adapter folder.
 
-    The base is ``base_model`` if given, else the one the adapter names (``base_model_name_or_path``). Adapters that
-    use what plain LoRA lacks (DoRA, rsLoRA, per-layer ranks, bias training, ...) or adapt only some of the layers
-    their target names select are refused with a :class:`UsageError`. peft is not needed to import.
+    The base is ``base_model`` if given, else the one the adapter names (``base_model_name_or_path``). The saved
+    ``target_modules`` are used as they are (names, dotted names, or a regular expression). Adapters that use what
+    the scratch LoRA lacks (rsLoRA, per-layer ranks, bias training, ...) or adapt only some of the layers their
+    targets select are refused with a :class:`UsageError`. peft is not needed to import.
     """
-    directory = str(directory)
-    config_path, weights_path = (os.path.join(directory, name) for name in (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME))
-    if not os.path.isfile(config_path) or not os.path.isfile(weights_path):
-        raise UsageError(
-            f"{directory} is not a peft adapter folder: it needs {PEFT_CONFIG_NAME} and {PEFT_WEIGHTS_NAME} "
-            f"(save the PeftModel with save_pretrained(..., safe_serialization=True))"
-        )
-    with open(config_path, encoding="utf-8") as handle:
-        peft_config = json.load(handle)
-    if peft_config.get("peft_type") != "LORA":
-        raise UsageError(f"{config_path} holds a {peft_config.get('peft_type')} adapter, not LoRA")
-    unsupported = [
-        f"{key}={peft_config[key]!r}"
-        for key, plain in PEFT_PLAIN_LORA_FIELDS.items()
-        if peft_config.get(key) not in (None, plain, {}, [])
-    ]
-    if unsupported:
-        raise UsageError(
-            f"{config_path} uses {', '.join(unsupported)}, which this scratch LoRA does not implement; "
-            f"use it with --implementation library"
-        )
-    weights = load_tensors(weights_path)
-    suffixes = tuple(f".{name}" for name in LORA_PARAMETER_NAMES)
-    if any(not key.startswith(PEFT_KEY_PREFIX) or not key.endswith(suffixes) for key in weights):
-        raise UsageError(f"{weights_path} has keys a plain peft LoRA does not write, e.g. {sorted(weights)[0]}")
-    module_names = sorted({key[len(PEFT_KEY_PREFIX):].rsplit(".", 2)[0] for key in weights})
-
+    adapter = read_peft_adapter(directory, "LORA", "LoRA")
+    peft_config = adapter.config
+    refuse_unsupported_fields(peft_config, PEFT_PLAIN_LORA_FIELDS, adapter.config_path)
+    use_dora = bool(peft_config.get("use_dora"))
+    dora_names = (DORA_FILE_NAME, DORA_PARAMETER_NAME) if use_dora else ()  # peft writes the first, reads both
+    check_adapter_keys(adapter, (*LORA_PARAMETER_NAMES, *dora_names), "LoRA")
+    weights = {f"{key}.weight" if key.endswith(DORA_FILE_NAME) else key: tensor
+               for key, tensor in adapter.weights.items()}
+    adapter = adapter._replace(weights=weights)
+    module_names = sorted({key[len(PEFT_KEY_PREFIX):].rsplit(".", 2)[0] for key in adapter.weights})
     config = LoRAConfig(
         lora_r=peft_config["r"],
         lora_alpha=peft_config["lora_alpha"],
         lora_dropout=peft_config.get("lora_dropout", 0.0),
-        lora_target_modules=sorted({name.rsplit(".", 1)[-1] for name in module_names}),
+        lora_target_modules=saved_target_modules(adapter),
+        lora_use_dora=use_dora,
         base_model_name_or_path=peft_config.get("base_model_name_or_path"),
     )
-    if base_model is None:
-        base_model = load_base_model(config, delta_source=directory)
-    base_fields = delta_config_kwargs(base_model)
-    config.base_model_config = base_fields["base_model_config"]
-    config.base_model_name_or_path = config.base_model_name_or_path or base_fields["base_model_name_or_path"]
+    base_model = attach_base(config, base_model, delta_source=str(directory))
     model = LoRAModel(config, base_model)
     if sorted(model.lora_module_names) != module_names:
         extra = sorted(set(model.lora_module_names) - set(module_names))
         raise UsageError(
-            f"{directory} adapts only some of the layers named {', '.join(config.lora_target_modules)} "
-            f"(not e.g. {extra[:2]}); this scratch LoRA adapts every layer of a given name: use "
-            f"--implementation library for it"
+            f"{directory} adapts only some of the layers its targets {describe(config.lora_target_modules)} select "
+            f"(not e.g. {extra[:2]}); this scratch LoRA adapts every layer they select: use --implementation library "
+            f"for it"
         )
-    model.load_delta_state_dict(
-        {"base." + key[len(PEFT_KEY_PREFIX):]: tensor for key, tensor in weights.items()}, source=weights_path
-    )
+    load_adapter_weights(model, adapter)
     return model
 
 
@@ -491,15 +459,13 @@ METHOD = Method(
     options=LoRAOptions,
     recommended=Recommended(
         source="The LoRA authors' RoBERTa-base GLUE script (github.com/microsoft/LoRA, examples/NLU/roberta_base_mnli.sh): "
-        "LoRA on q and v, r 8, alpha 16, AdamW at 5e-4 with linear decay after 6% warm-up. Epochs stay at the reference "
-        "recipe's 10 so every cell trains as long.",
+        "LoRA on q and v (the family's default targets here: q v in T5, q_proj v_proj in BART), r 8, alpha 16, AdamW at "
+        "5e-4 with linear decay after 6% warm-up. Epochs stay at the reference recipe's 10 so every cell trains as long.",
         settings={"learning_rate": 5e-4, "lr_scheduler_type": "linear", "warmup_ratio": 0.06, "lora_r": 8,
-                  "lora_alpha": 16, "lora_target_modules": ["q", "v"]},
+                  "lora_alpha": 16},
     ),
     build_scratch=build_scratch,
     scratch_format=SCRATCH_DELTA,
     build_library=build_library,
-    library_format=PEFT_ADAPTER,
-    library_module="peft",
-    library_install_hint="pip install 'peft>=0.17'",
+    **PEFT_LIBRARY,
 )

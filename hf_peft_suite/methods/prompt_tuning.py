@@ -52,7 +52,7 @@ from .delta import (
     load_base_model,
     register_delta_model,
 )
-from .formats import PEFT_ADAPTER, SCRATCH_DELTA
+from .formats import PEFT_LIBRARY, SCRATCH_DELTA
 
 PROMPT_INITS = ("random", "vocab", "text")
 # Our init names -> peft's PromptTuningInit values.
@@ -330,8 +330,10 @@ def export_to_peft(model: SoftPromptModel, directory) -> None:
         num_virtual_tokens=config.num_virtual_tokens,
         num_transformer_submodules=1,
         token_dim=model.soft_prompt.prompt_embeddings.shape[1],
-        num_layers=base_config.num_layers,
-        num_attention_heads=base_config.num_heads,
+        # What peft itself records (informational for prompt tuning): every family's config answers to these names
+        # (T5 maps them to num_layers/num_heads, BART to encoder_layers/encoder_attention_heads).
+        num_layers=base_config.num_hidden_layers,
+        num_attention_heads=base_config.num_attention_heads,
         base_model_name_or_path=config.base_model_name_or_path,
         inference_mode=True,  # as PeftModel.save_pretrained writes it
         **peft_init_fields(config.prompt_init, config.prompt_init_text, config.tokenizer_name_or_path),
@@ -417,7 +419,5 @@ METHOD = Method(
     build_scratch=build_soft_prompt_model,
     scratch_format=SCRATCH_DELTA,
     build_library=build_peft_prompt_tuning,
-    library_format=PEFT_ADAPTER,
-    library_module="peft",
-    library_install_hint="pip install 'peft>=0.17'",
+    **PEFT_LIBRARY,
 )
