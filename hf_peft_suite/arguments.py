@@ -29,7 +29,7 @@ import torch
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from .compat import apply_4_57_training_flags, cpu_bf16_problem, default_report_to
+from .compat import apply_4_57_training_flags, cpu_bf16_problem, default_report_to, restore_launcher_environment
 from .errors import UsageError
 from .methods import IMPLEMENTATIONS, METHODS
 
@@ -165,6 +165,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self):
+        restore_launcher_environment()
         if self.fp16:
             raise UsageError(
                 "--fp16 is refused: T5 overflows in float16 (its feed-forward output exceeds the fp16 range and the "

@@ -8,7 +8,12 @@ differ.
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import lru_cache
+
+# accelerate's settings as the launcher (accelerate launch, or the user's shell) left them when this package was
+# imported; see restore_launcher_environment().
+_LAUNCHER_ENVIRONMENT = {key: value for key, value in os.environ.items() if key.startswith(("ACCELERATE_", "FSDP_"))}
 
 
 @lru_cache(maxsize=None)
@@ -84,3 +89,16 @@ def cache_argument(model) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def restore_launcher_environment() -> None:
+    """Put accelerate's environment variables back as the launcher set them, before training arguments are built.
+
+    ``TrainingArguments`` writes ``ACCELERATE_MIXED_PRECISION`` (and the FSDP settings) into the process environment
+    and, the next time, reads them back as defaults: after one ``--bf16`` run (or ``evaluate_run(..., bf16=True)``)
+    every later run in the same process, and every process it starts, would silently compute in bf16.
+    """
+    for key in [key for key in os.environ if key.startswith(("ACCELERATE_", "FSDP_"))]:
+        if key not in _LAUNCHER_ENVIRONMENT:
+            del os.environ[key]
+    os.environ.update(_LAUNCHER_ENVIRONMENT)

@@ -183,3 +183,21 @@ def test_every_cell_trains_and_evaluates_with_bf16_on_the_cpu(method, implementa
     assert results["config"]["training"]["bf16"] is True and results["config"]["training"]["use_cpu"] is True
     assert results["history"][-1]["eval_num_scored"] == 16
     assert torch.isfinite(torch.tensor(results["history"][-1]["eval_loss"]))
+
+
+def test_a_bf16_run_leaves_the_next_run_in_the_same_process_in_float32(tmp_path):
+    """transformers writes the precision into the environment and reads it back as the next default: after a --bf16
+    run, a plain one in the same process (and the processes it starts) would have computed in bf16 too."""
+    import os
+
+    environment = dict(os.environ)
+    if torch.cuda.is_available() or __import__("hf_peft_suite.compat").compat.cpu_bf16_problem():
+        pytest.skip("needs a CPU with bfloat16 instructions and no GPU")
+    TrainingArguments(output_dir=str(tmp_path / "a"), bf16=True, report_to="none")  # 4.57 sets the variable to bf16
+    plain = TrainingArguments(output_dir=str(tmp_path / "b"), use_cpu=True, report_to="none", eval_strategy="no")
+    assert os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no" and not plain.bf16
+    trainer = GenerationAccuracyTrainer(model=build_tiny_model(), args=plain, processing_class=__import__(
+        "hf_peft_suite.tiny").tiny.build_tiny_tokenizer(), label_words=["negative", "positive"])
+    assert trainer.accelerator.mixed_precision == "no"
+    os.environ.clear()
+    os.environ.update(environment)
