@@ -21,9 +21,8 @@ from transformers import AutoModelForSeq2SeqLM
 
 import hf_peft_suite  # noqa: F401  (registers the delta models with the Auto classes)
 from hf_peft_suite.errors import UsageError
-from hf_peft_suite.methods import METHODS, get_method, library_problem
+from hf_peft_suite.methods import METHODS, get_method, ia3, library_problem, lora, prefix_tuning, prompt_tuning
 from hf_peft_suite.methods import adapter as adapter_method
-from hf_peft_suite.methods import ia3, lora, prefix_tuning, prompt_tuning
 from hf_peft_suite.methods.architectures import FAMILIES as KNOWN_FAMILIES
 from hf_peft_suite.methods.peft_files import PEFT_KEY_PREFIX
 

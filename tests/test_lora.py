@@ -28,8 +28,8 @@ from hf_peft_suite.methods.lora import (
 )
 from hf_peft_suite.tiny import build_tiny_model
 
-from .helpers import labelled_batch as batch
 from .helpers import eval_logits_diff, max_abs_diff, train_checking_frozen
+from .helpers import labelled_batch as batch
 
 peft = pytest.importorskip("peft")
 

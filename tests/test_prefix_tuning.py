@@ -25,7 +25,7 @@ from hf_peft_suite.methods.prefix_tuning import (
     import_from_peft,
     peft_layer_rows,
 )
-from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
+from hf_peft_suite.tiny import tiny_t5_config
 
 from .helpers import eval_logits_diff, max_abs_diff, train_checking_frozen
 from .test_prompt_tuning import padded_batch

@@ -62,8 +62,14 @@ from ..compat import average_loss_per_batch, cache_argument
 from ..errors import UsageError
 from .architectures import family_of
 from .base import Method, Recommended
-from .delta import DeltaConfig, DeltaModel, attach_base, check_same_architecture, delta_config_kwargs, \
-    register_delta_model
+from .delta import (
+    DeltaConfig,
+    DeltaModel,
+    attach_base,
+    check_same_architecture,
+    delta_config_kwargs,
+    register_delta_model,
+)
 from .formats import PEFT_LIBRARY, SCRATCH_DELTA, PeftAdapterFormat
 from .peft_files import read_peft_adapter, write_peft_adapter
 
