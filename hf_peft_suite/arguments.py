@@ -116,6 +116,14 @@ class ExperimentArguments:
         metadata={"help": "CPU threads for torch (default: torch's, one per core). On a machine other jobs share, "
                   "more threads than free cores stall each other; the tiny preset uses 1."},
     )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": "With --method all: run every cell once per seed (OUTPUT/<cell>/seed-<N>/) and report the "
+                  "mean and standard deviation over them."},
+    )
+    verbose: bool = field(
+        default=False, metadata={"help": "Show the libraries' own logs, warnings and progress bars (quiet otherwise)."}
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -158,6 +166,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
     save_strategy: str = field(default="no", metadata={"help": "When to write checkpoints: no, steps, epoch."})
     predict_with_generate: bool = field(default=True, metadata={"help": "Score generated label words."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Under several processes, let DDP look for parameters that took no part in the forward "
+                  "pass. Every cell uses all its trainable parameters, so it is off (Trainer's own default turns it on "
+                  "and warns once per process that it found none)."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "The prepared data holds only model inputs; AdapterHub's T5 forward hides attention_mask "

@@ -1,6 +1,6 @@
 """The command line: ``python run_experiment.py [CONFIG.json] [--flags]`` or ``hf-peft-suite [...]``.
 
-- ``--method all`` runs every installed method x implementation and writes the comparison table and plot;
+- ``--method all`` runs every installed method x implementation and writes the comparison table and figures;
 - ``hf-peft-suite report DIR [DIR ...] [--output_dir OUT]`` rebuilds them from existing ``results.json`` files;
 - ``hf-peft-suite push OUTPUT_DIR --hub_model_id NAME`` pushes a finished run's trained delta and model card to the
   Hugging Face Hub (what ``--push_to_hub`` does after training);
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 import traceback
@@ -32,17 +31,13 @@ EXIT_USAGE = 2
 TRACEBACK_VARIABLE = "HF_PEFT_SUITE_TRACEBACK"
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(argv: list[str]) -> None:
+    """The libraries' logs, warnings and progress bars off, unless ``--verbose`` (see :mod:`hf_peft_suite.quiet`)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from transformers.utils import logging as transformers_logging
+    from .quiet import apply_library_output
 
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()  # (transformers 5 draws one while writing each model shard)
-    import datasets
-
-    # datasets logs a failed file read at ERROR level before raising; the exception becomes our one error: line.
-    datasets.logging.set_verbosity(logging.CRITICAL)
-    datasets.disable_progress_bars()
+    verbose = "--verbose" in argv and argv[argv.index("--verbose") + 1:][:1] not in (["false"], ["False"], ["0"])
+    apply_library_output(verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     finished = False
     try:
-        _quiet_libraries()
+        _quiet_libraries(argv)
         if argv[:1] and argv[0] in SUBCOMMANDS:
             code = SUBCOMMANDS[argv[0]](argv[1:])
             finished = True
@@ -101,16 +96,19 @@ class _SubcommandParser(argparse.ArgumentParser):
 
 
 def report_main(argv: list[str]) -> int:
-    """``report DIR [DIR ...] [--output_dir OUT]``: the comparison files from finished runs."""
+    """``report DIR [DIR ...] [--output_dir OUT]``: the comparison table (md, csv, json) and its figures
+    (comparison.png, learning_curves.png) from finished runs, one row per run folder (a folder of seed-N runs: their
+    mean ± std)."""
     from .report import write_report
 
     parser = _SubcommandParser(prog="hf-peft-suite report", description=report_main.__doc__)
     parser.add_argument("directories", nargs="+", help="run folders, or folders holding run folders")
     parser.add_argument("--output_dir", default=None, help="where to write comparison.* (default: the first DIR)")
     options = parser.parse_args(argv)
-    paths = write_report(options.directories, options.output_dir)
+    notices: list[str] = []
+    paths = write_report(options.directories, options.output_dir, notices=notices)
     print(paths["md"].read_text())
-    print("written: " + ", ".join(str(path) for path in paths.values()))
+    print("\n".join([*notices, "written: " + ", ".join(str(path) for path in paths.values())]))
     return 0
 
 
