@@ -103,7 +103,10 @@ class DataArguments:
 class ExperimentArguments:
     """Which technique, and how."""
 
-    method: str = field(default="full", metadata={"help": f"One of: {', '.join(METHODS)}."})
+    method: str = field(
+        default="full",
+        metadata={"help": f"One of: {', '.join(METHODS)}; or all: every installed method x implementation, compared."},
+    )
     implementation: str = field(
         default="scratch",
         metadata={"help": f"{' or '.join(IMPLEMENTATIONS)} (our own modules, or the PEFT library)."},

@@ -9,7 +9,8 @@
 - ``hf-peft-suite predict RUN_DIR "text" ...`` prints the label word the run's model writes for each text;
   ``--input_file FILE`` labels a csv/jsonl/parquet file's texts into ``predictions.jsonl`` and ``summary.json``.
 
-Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works (``--help`` lists them). A user's
+Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works: ``--help`` lists the project's
+flags and the most used training flags (:mod:`hf_peft_suite.help`), ``--help_all`` every flag. A user's
 mistake (a :class:`~hf_peft_suite.errors.UsageError`) prints one line, ``error: <problem and fix>``, and exits with
 code 2; anything else is a bug and shows its traceback. ``HF_PEFT_SUITE_TRACEBACK=1`` shows the traceback of a
 ``UsageError`` too, for bug reports.
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     finished = False
     try:
+        if _print_help(argv):
+            return 0
         _quiet_libraries(argv)
         if argv[:1] and argv[0] in SUBCOMMANDS:
             code = SUBCOMMANDS[argv[0]](argv[1:])
@@ -73,6 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _print_help(argv: list[str]) -> bool:
+    """``--help``: the short help (hf_peft_suite/help.txt); ``--help_all``: every flag. Whether it printed one."""
+    from .help import print_short_help_if_asked, wants_full_help
+
+    if print_short_help_if_asked(argv):
+        return True
+    if wants_full_help(argv):
+        from .arguments import build_parser
+
+        build_parser().print_help()
+        return True
+    return False
+
+
 def _close_process_group(wait_for_others: bool) -> None:
     """Shut the distributed process group down before the interpreter exits.
 
@@ -93,6 +110,9 @@ class _SubcommandParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")  # the descriptions are docstrings, in reStructuredText
 
 
 def report_main(argv: list[str]) -> int:
