@@ -358,7 +358,8 @@ def load_json_config(path: str | Path) -> dict[str, Any]:
     """A whole run as a JSON object of argument names to values; unknown keys are refused."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} does not exist; give the path of a JSON file such as configs/compare.json")
+        raise UsageError(f"config file {path} does not exist; give the path of a JSON file of settings, such as "
+                         f'run.json holding {{"preset": "tiny", "method": "lora"}}')
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
