@@ -1,10 +1,10 @@
 """What the libraries print during a run: quiet by default, their own logs back with ``--verbose``.
 
 Quiet means: transformers and AdapterHub log only errors, datasets nothing (a failed read it logs before raising
-becomes the run's one ``error:`` line); the progress bars of datasets (tokenizing,
-flattening) and of transformers (writing model shards) are off; the libraries' ``FutureWarning`` and
-``DeprecationWarning`` (addressed to the authors of code that calls them, not to its users) are not shown. What stays:
-errors, this package's own progress lines and tables, the progress bars of downloads from the Hub, and other warnings.
+becomes the run's one ``error:`` line); the progress bars of datasets (tokenizing, flattening) and of transformers
+(writing model shards) are off; the libraries' ``FutureWarning`` and ``DeprecationWarning`` (addressed to the authors
+of code that calls them, not to its users) are not shown. What stays: errors, this package's own progress lines and
+tables, the progress bars of downloads from the Hub, and other warnings.
 
 The usual settings win over quiet: ``TRANSFORMERS_VERBOSITY``, ``HF_DATASETS_VERBOSITY``,
 ``HF_DATASETS_DISABLE_PROGRESS_BARS`` and Python's ``-W`` / ``PYTHONWARNINGS`` keep what they ask for, and a

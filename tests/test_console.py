@@ -79,6 +79,7 @@ def test_library_output_is_quiet_inside_a_run_and_restored_after_it():
     from hf_peft_suite.quiet import library_output
 
     transformers_logging.set_verbosity_info()
+    transformers_logging.enable_progress_bar()
     datasets.enable_progress_bars()
     try:
         with library_output(verbose=False):
