@@ -142,6 +142,7 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     ``eval_loss``, ``eval_runtime``, ``eval_samples_per_second``.
     """
     from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_callback import PrinterCallback
 
     from .run_folder import check_launch, write_predictions
     from .trainer import GenerationAccuracyTrainer
@@ -165,6 +166,7 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
         model=run.model, args=args, eval_dataset=data.eval_dataset, processing_class=run.tokenizer,
         data_collator=DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100), label_words=run.label_words,
     )
+    trainer.remove_callback(PrinterCallback)  # its raw log dict; the metrics are returned (the command prints JSON)
     metrics = trainer.evaluate()
     if output_dir is not None and trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from hf_peft_suite.cli import main
 from hf_peft_suite.comparison import comparison_cells
 
 from .conftest import REPO_ROOT
@@ -218,3 +219,13 @@ def test_an_evaluation_row_per_epoch_and_the_cell_counter_estimate(capsys):
     out = capsys.readouterr().out
     assert "cell 1/3: full/scratch: finished earlier" in out and "cell 3/3: lora/library -> out/lora-library" in out
     assert re.search(r"cell 3/3: .*elapsed, about 0:30 left\)", out)  # one cell left, 30 s each
+
+
+def test_evaluate_prints_its_metrics_once_without_a_raw_log_dict(tmp_path, capsys):
+    from hf_peft_suite import run_experiment
+
+    run_experiment(preset="tiny", max_steps=2, max_eval_samples=16, output_dir=str(tmp_path / "run"))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--output_dir", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "{'eval" not in out and json.loads(out[:out.index("\nwritten: ")])["eval_num_scored"] == 16
