@@ -108,6 +108,7 @@ def load_run(output_dir: str | os.PathLike, device: str | None = None) -> Finish
 
     from .methods import get_method
     from .modeling import load_base_model, loading_errors
+    from .quiet import library_output
 
     output_dir = Path(output_dir)
     results = read_run_results(output_dir)
@@ -120,8 +121,9 @@ def load_run(output_dir: str | os.PathLike, device: str | None = None) -> Finish
         return load_base_model(results["model_name_or_path"])
 
     try:
-        model = artifact_format.load_trained(str(artifact_dir), base)
-        tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir))
+        with library_output():  # no "Loading weights" bar or load warnings (transformers 5), as in a run
+            model = artifact_format.load_trained(str(artifact_dir), base)
+            tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir))
     except loading_errors() as error:
         raise UsageError(
             f"cannot load the trained model of {output_dir} ({type(error).__name__}: {first_line(error)}); the run's "
