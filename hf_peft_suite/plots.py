@@ -80,14 +80,14 @@ def mean_and_std(values: list) -> tuple[float | None, float | None]:
 
 # -------------------------------------------------------------------------------------------------- styles
 def _colors(keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
-    """One colour per method; every (method, implementation, run) its own colour where a cell appears twice."""
+    """One colour per method, the same in every figure (a run's own and the comparison's); every (method,
+    implementation, run) its own colour where a cell appears twice."""
     pairs = [(method, implementation) for method, implementation, _ in keys]
-    repeated = len(set(pairs)) < len(pairs)
-    methods = sorted({method for method, _, _ in keys},
-                     key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
-    if repeated:
+    if len(set(pairs)) < len(pairs):
         return {key: COLORS[index % len(COLORS)] for index, key in enumerate(keys)}
-    return {key: COLORS[methods.index(key[0]) % len(COLORS)] for key in keys}
+    others = sorted({method for method, _, _ in keys} - set(METHOD_ORDER))
+    order = [*METHOD_ORDER, *others]
+    return {key: COLORS[order.index(key[0]) % len(COLORS)] for key in keys}
 
 
 def _marker(implementation: str, color: str) -> dict:
