@@ -1,4 +1,5 @@
-"""The short ``--help``: the subcommands, the project's own flags and the most used training flags, on one screen.
+"""The short ``--help``: the subcommands, the project's own flags and the most used training flags, on one screen
+(each flag's help in at most two lines, cut with "..." where longer; ``--help_all`` has it whole).
 
 ``python run_experiment.py --help`` prints ``help.txt`` (beside this file) without importing torch or transformers,
 which takes 3 to 9 seconds on a small machine: ``run_experiment.py`` loads this module by its path, and nothing here
@@ -16,7 +17,7 @@ from pathlib import Path
 HELP_FILE = Path(__file__).with_name("help.txt")
 HELP_FLAGS = ("-h", "--help")
 HELP_ALL_FLAGS = ("--help_all", "--help-all")
-WIDTH, FLAG_COLUMN = 118, 34
+WIDTH, FLAG_COLUMN, MAX_HELP_LINES = 118, 34, 2
 
 # Every subcommand of hf_peft_suite.cli.SUBCOMMANDS, with its usage and one line (a test checks that none is missing).
 SUBCOMMANDS = {
@@ -102,13 +103,20 @@ def _default_text(value) -> str:
     return f" (default: {value})"
 
 
-def _flag_lines(head: str, text: str) -> list[str]:
+def _flag_lines(head: str, text: str, default: str = "") -> list[str]:
+    """The flag, and its help in at most :data:`MAX_HELP_LINES` lines (cut with "...", its default kept)."""
     head = f"  {head}"
     if len(head) >= FLAG_COLUMN - 1:
         lines, first = [head], " " * FLAG_COLUMN
     else:
         lines, first = [], head.ljust(FLAG_COLUMN)
-    return lines + textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=" " * FLAG_COLUMN)
+    words = text.split()
+    for kept in range(len(words), -1, -1):  # the whole text is in --help_all
+        cut = " ".join(words[:kept]) + (" ..." if kept < len(words) else "") + default
+        wrapped = textwrap.wrap(cut, WIDTH, initial_indent=first, subsequent_indent=" " * FLAG_COLUMN)
+        if len(wrapped) <= MAX_HELP_LINES:
+            return lines + wrapped
+    return lines + [first.rstrip()]
 
 
 def _field_lines(field, action) -> list[str]:
@@ -119,8 +127,8 @@ def _field_lines(field, action) -> list[str]:
     name = f"--{field.name}"
     if action.nargs == "?" and default is True:
         name = f"--{field.name} / --no_{field.name}"
-    text = " ".join(field.metadata.get("help", "").split()) + _default_text(default)
-    return _flag_lines(f"{name} {_metavar(action)}".rstrip(), text)
+    text = " ".join(field.metadata.get("help", "").split())
+    return _flag_lines(f"{name} {_metavar(action)}".rstrip(), text, _default_text(default))
 
 
 def render_short_help() -> str:
