@@ -103,7 +103,10 @@ class DataArguments:
 class ExperimentArguments:
     """Which technique, and how."""
 
-    method: str = field(default="full", metadata={"help": f"One of: {', '.join(METHODS)}."})
+    method: str = field(
+        default="full",
+        metadata={"help": f"One of: {', '.join(METHODS)}; or all: every installed method x implementation, compared."},
+    )
     implementation: str = field(
         default="scratch",
         metadata={"help": f"{' or '.join(IMPLEMENTATIONS)} (our own modules, or the PEFT library)."},
@@ -115,6 +118,14 @@ class ExperimentArguments:
         default=None,
         metadata={"help": "CPU threads for torch (default: torch's, one per core). On a machine other jobs share, "
                   "more threads than free cores stall each other; the tiny preset uses 1."},
+    )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={"help": "With --method all: run every cell once per seed (OUTPUT/<cell>/seed-<N>/) and report the "
+                  "mean and standard deviation over them."},
+    )
+    verbose: bool = field(
+        default=False, metadata={"help": "Show the libraries' own logs, warnings and progress bars (quiet otherwise)."}
     )
 
     def __post_init__(self):
@@ -158,6 +169,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
     logging_strategy: str = field(default="epoch", metadata={"help": "When to log the training loss."})
     save_strategy: str = field(default="no", metadata={"help": "When to write checkpoints: no, steps, epoch."})
     predict_with_generate: bool = field(default=True, metadata={"help": "Score generated label words."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Under several processes, let DDP look for parameters that took no part in the forward "
+                  "pass. Every cell uses all its trainable parameters, so it is off (Trainer's own default turns it on "
+                  "and warns once per process that it found none)."},
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "The prepared data holds only model inputs; AdapterHub's T5 forward hides attention_mask "
@@ -341,7 +358,8 @@ def load_json_config(path: str | Path) -> dict[str, Any]:
     """A whole run as a JSON object of argument names to values; unknown keys are refused."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {path} does not exist; give the path of a JSON file such as configs/compare.json")
+        raise UsageError(f"config file {path} does not exist; give the path of a JSON file of settings, such as "
+                         f'run.json holding {{"preset": "tiny", "method": "lora"}}')
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:

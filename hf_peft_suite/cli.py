@@ -1,6 +1,6 @@
 """The command line: ``python run_experiment.py [CONFIG.json] [--flags]`` or ``hf-peft-suite [...]``.
 
-- ``--method all`` runs every installed method x implementation and writes the comparison table and plot;
+- ``--method all`` runs every installed method x implementation and writes the comparison table and figures;
 - ``hf-peft-suite report DIR [DIR ...] [--output_dir OUT]`` rebuilds them from existing ``results.json`` files;
 - ``hf-peft-suite push OUTPUT_DIR --hub_model_id NAME`` pushes a finished run's trained delta and model card to the
   Hugging Face Hub (what ``--push_to_hub`` does after training);
@@ -9,7 +9,8 @@
 - ``hf-peft-suite predict RUN_DIR "text" ...`` prints the label word the run's model writes for each text;
   ``--input_file FILE`` labels a csv/jsonl/parquet file's texts into ``predictions.jsonl`` and ``summary.json``.
 
-Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works (``--help`` lists them). A user's
+Every flag of the project's dataclasses and of ``Seq2SeqTrainingArguments`` works: ``--help`` lists the project's
+flags and the most used training flags (:mod:`hf_peft_suite.help`), ``--help_all`` every flag. A user's
 mistake (a :class:`~hf_peft_suite.errors.UsageError`) prints one line, ``error: <problem and fix>``, and exits with
 code 2; anything else is a bug and shows its traceback. ``HF_PEFT_SUITE_TRACEBACK=1`` shows the traceback of a
 ``UsageError`` too, for bug reports.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 import traceback
@@ -32,17 +32,13 @@ EXIT_USAGE = 2
 TRACEBACK_VARIABLE = "HF_PEFT_SUITE_TRACEBACK"
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(argv: list[str]) -> None:
+    """The libraries' logs, warnings and progress bars off, unless ``--verbose`` (see :mod:`hf_peft_suite.quiet`)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from transformers.utils import logging as transformers_logging
+    from .quiet import apply_library_output
 
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()  # (transformers 5 draws one while writing each model shard)
-    import datasets
-
-    # datasets logs a failed file read at ERROR level before raising; the exception becomes our one error: line.
-    datasets.logging.set_verbosity(logging.CRITICAL)
-    datasets.disable_progress_bars()
+    verbose = "--verbose" in argv and argv[argv.index("--verbose") + 1:][:1] not in (["false"], ["False"], ["0"])
+    apply_library_output(verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     finished = False
     try:
-        _quiet_libraries()
+        if _print_help(argv):
+            return 0
+        _quiet_libraries(argv)
         if argv[:1] and argv[0] in SUBCOMMANDS:
             code = SUBCOMMANDS[argv[0]](argv[1:])
             finished = True
@@ -78,6 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _print_help(argv: list[str]) -> bool:
+    """``--help``: the short help (hf_peft_suite/help.txt); ``--help_all``: every flag. Whether it printed one."""
+    from .help import print_short_help_if_asked, wants_full_help
+
+    if print_short_help_if_asked(argv):
+        return True
+    if wants_full_help(argv):
+        from .arguments import build_parser
+
+        build_parser().print_help()
+        return True
+    return False
+
+
 def _close_process_group(wait_for_others: bool) -> None:
     """Shut the distributed process group down before the interpreter exits.
 
@@ -99,18 +111,24 @@ class _SubcommandParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")  # the descriptions are docstrings, in reStructuredText
+
 
 def report_main(argv: list[str]) -> int:
-    """``report DIR [DIR ...] [--output_dir OUT]``: the comparison files from finished runs."""
+    """``report DIR [DIR ...] [--output_dir OUT]``: the comparison table (md, csv, json) and its figures
+    (comparison.png, learning_curves.png) from finished runs, one row per run folder (a folder of seed-N runs: their
+    mean ± std)."""
     from .report import write_report
 
     parser = _SubcommandParser(prog="hf-peft-suite report", description=report_main.__doc__)
     parser.add_argument("directories", nargs="+", help="run folders, or folders holding run folders")
     parser.add_argument("--output_dir", default=None, help="where to write comparison.* (default: the first DIR)")
     options = parser.parse_args(argv)
-    paths = write_report(options.directories, options.output_dir)
+    notices: list[str] = []
+    paths = write_report(options.directories, options.output_dir, notices=notices)
     print(paths["md"].read_text())
-    print("written: " + ", ".join(str(path) for path in paths.values()))
+    print("\n".join([*notices, "written: " + ", ".join(str(path) for path in paths.values())]))
     return 0
 
 

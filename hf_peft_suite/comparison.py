@@ -2,13 +2,18 @@
 
 Each cell runs with its method's recommended settings (``METHOD.recommended`` in ``hf_peft_suite/methods/<method>.py``,
 with where its values come from), then the preset, the JSON file and the flags on top, into
-``OUTPUT_DIR/<method>-<implementation>/``. A cell that fails is recorded in its folder's
-``error.json`` and does not stop the others. Running the same command again skips finished cells (those with a
-``results.json``) and redoes failed or missing ones. At the end ``comparison.{md,csv,json,png}`` are written.
+``OUTPUT_DIR/<method>-<implementation>/``; with ``--seeds 42 43 44``, once per seed into
+``OUTPUT_DIR/<method>-<implementation>/seed-<N>/`` (the table then gives the mean ± std over the seeds).
+``--implementation scratch|library`` runs only that implementation's cells. A cell that fails is recorded in its
+folder's ``error.json`` and does not stop the others. Running the same command again skips finished runs (those with
+a ``results.json``) and redoes failed or missing ones. As it goes it prints ``cell k/N: method/implementation`` with
+the elapsed time and an estimate of what is left; at the end ``comparison.{md,csv,json}``, ``comparison.png`` and
+``learning_curves.png`` are written (:mod:`hf_peft_suite.report`) and the total time is printed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -16,10 +21,11 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-from .arguments import collect_sources, parse_sources
+from .arguments import Sources, collect_sources, parse_sources
 from .errors import UsageError
 from .files import ERROR_NAME, RESULTS_NAME
-from .methods import METHODS, get_method, library_problem
+from .methods import IMPLEMENTATIONS, METHODS, get_method, library_problem
+from .progress import CellCounter, is_main_process
 from .report import write_report
 
 
@@ -28,12 +34,16 @@ def recommended_settings(method: str) -> dict:
     return dict(get_method(method).recommended.settings)
 
 
-def comparison_cells() -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """(cells to run, cells skipped with the reason): every method's scratch and, where installed, library form."""
+def comparison_cells(implementation: str | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(cells to run, cells skipped with the reason): every method's scratch and, where installed, library form;
+    only those of ``implementation`` when it is given."""
+    if implementation is not None and implementation not in IMPLEMENTATIONS:
+        raise UsageError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     cells, skipped = [], []
     for name, method in METHODS.items():
-        cells.append((name, "scratch"))
-        if method.build_library is None:
+        if implementation in (None, "scratch"):
+            cells.append((name, "scratch"))
+        if method.build_library is None or implementation == "scratch":
             continue
         problem = library_problem(method)
         if problem:
@@ -43,38 +53,69 @@ def comparison_cells() -> tuple[list[tuple[str, str]], list[tuple[str, str, str]
     return cells, skipped
 
 
+def _without_seeds(sources: Sources) -> Sources:
+    """``sources`` without ``--seeds``: each cell is one run, with ``--seed`` set to one of them."""
+    def drop(layer: dict) -> dict:
+        return {key: value for key, value in layer.items() if key != "seeds"}
+
+    return dataclasses.replace(sources, flags=drop(sources.flags), keywords=drop(sources.keywords),
+                               config=drop(sources.config), preset=drop(sources.preset))
+
+
 def run_comparison(argv: list[str]) -> Path:
     """Run every cell (see the module docstring); returns the output folder holding the comparison files."""
     from .experiment import run_parsed_experiment
 
     sources = collect_sources(argv)
     output_dir = Path(sources.setting("output_dir") or f"outputs/compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    cells, skipped = comparison_cells()
+    seeds = sources.setting("seeds")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {' '.join(map(str, seeds))} repeats a seed; give each seed once")
+    implementation = sources.setting("implementation")
+    cells, skipped = comparison_cells(implementation)
+    sources, main = _without_seeds(sources), is_main_process()
+    if implementation is not None and main:
+        print(f"--implementation {implementation}: only its cells run ({', '.join(m for m, _ in cells)})")
     for method, implementation, reason in skipped:
-        print(f"skipping {method} / {implementation}: {reason}")
-        _record_problem(output_dir / f"{method}-{implementation}", method, implementation, reason, "skipped")
-    for method, implementation in cells:
-        cell_dir = output_dir / f"{method}-{implementation}"
-        if (cell_dir / RESULTS_NAME).is_file():
-            print(f"{method} / {implementation}: finished earlier, skipped ({cell_dir / RESULTS_NAME})")
+        if main:
+            print(f"skipping {method} / {implementation}: {reason}")
+            _record_problem(output_dir / f"{method}-{implementation}", method, implementation, reason, "skipped")
+    runs = [(method, implementation, seed) for method, implementation in cells for seed in (seeds or [None])]
+    counter = CellCounter(len(runs), enabled=main)
+    for method, implementation, seed in runs:
+        run_dir = output_dir / f"{method}-{implementation}"
+        run_dir = run_dir if seed is None else run_dir / f"seed-{seed}"
+        label = f"{method}/{implementation}" + ("" if seed is None else f" seed {seed}")
+        if (run_dir / RESULTS_NAME).is_file():
+            counter.finished_earlier(label, run_dir / RESULTS_NAME)
             continue
-        if cell_dir.exists():  # a failed or interrupted attempt of ours: start the cell again
-            shutil.rmtree(cell_dir)
-        print(f"\n=== {method} / {implementation} -> {cell_dir}")
+        if run_dir.exists():  # a failed or interrupted attempt of ours: start the run again
+            shutil.rmtree(run_dir, ignore_errors=True)
+        counter.start(label, run_dir)
+        keywords = {"method": method, "implementation": implementation, "output_dir": str(run_dir)}
+        if seed is not None:
+            keywords["seed"] = seed
         try:
-            parsed = parse_sources(sources, base_settings=recommended_settings(method), method=method,
-                                   implementation=implementation, output_dir=str(cell_dir))
+            parsed = parse_sources(sources, base_settings=recommended_settings(method), **keywords)
             run_parsed_experiment(parsed)
+            counter.done(ok=True)
         except Exception as error:  # the comparison's boundary: one failing cell must not stop the others
+            counter.done(ok=False)
             if isinstance(error, UsageError):
                 message = str(error)
             else:  # a bug, not the user's input: show where it happened
                 message = f"{type(error).__name__}: {error}"
                 traceback.print_exc(file=sys.stderr)
-            print(f"{method} / {implementation} FAILED: {message}")
-            _record_problem(cell_dir, method, implementation, message, "failed", traceback.format_exc())
-    paths = write_report([output_dir])
+            print(f"{label} FAILED: {message}")
+            _record_problem(run_dir, method, implementation, message, "failed", traceback.format_exc())
+    if not main:  # process 0 writes the comparison
+        return output_dir
+    notices: list[str] = []
+    paths = write_report([output_dir], notices=notices)
     print("\n" + paths["md"].read_text())
+    print(counter.summary([f"{method}/{implementation}" for method, implementation, _ in skipped]))
+    for line in notices:
+        print(line)
     print("comparison written to " + ", ".join(str(path) for path in paths.values()))
     return output_dir
 
@@ -86,4 +127,3 @@ def _record_problem(cell_dir: Path, method: str, implementation: str, message: s
     if trace:
         record["traceback"] = trace
     (cell_dir / ERROR_NAME).write_text(json.dumps(record, indent=2) + "\n")
-

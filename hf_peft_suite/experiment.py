@@ -45,6 +45,9 @@ from .files import ARTIFACT_FOLDER, BASE_FOLDER, MODEL_WEIGHTS_NAME, PREDICTIONS
 from .hub import PushSettings, push_run, push_settings, pushed_files, write_model_card
 from .methods import Method, get_method
 from .modeling import count_parameters, load_base_model, load_tokenizer
+from .plots import write_run_figure
+from .progress import attach_console, run_label
+from .quiet import library_output
 from .run_folder import FolderClaim, prepare_output_dir, remove_previous_run, write_predictions, write_results
 from .tiny import TINY_MODEL_NAME
 from .trainer import TRAINING_ARGS_NAME, GenerationAccuracyTrainer
@@ -63,7 +66,14 @@ def run_experiment(argv: list[str] | None = None, callbacks: list | None = None,
 
 
 def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) -> dict:
-    """Run one experiment from already parsed arguments (see :func:`run_experiment` and the module docstring)."""
+    """Run one experiment from already parsed arguments (see :func:`run_experiment` and the module docstring).
+
+    The libraries are quiet while it runs (:mod:`hf_peft_suite.quiet`; ``verbose=True`` brings their logs back)."""
+    with library_output(args.experiment.verbose):
+        return _run_stages(args, callbacks)
+
+
+def _run_stages(args: ParsedArguments, callbacks: list | None) -> dict:
     plan = prepare(args)
     built = build(plan)
     claim = claim_output_dir(plan)  # the first write: everything above only read and checked
@@ -105,6 +115,8 @@ class Plan:
 def prepare(args: ParsedArguments) -> Plan:
     """Check what can be checked before loading anything: the method, the output folder, the push settings."""
     experiment, training = args.experiment, args.training
+    if experiment.seeds is not None:
+        raise UsageError("--seeds repeats every cell of --method all over several seeds; for one run give --seed N")
     method = get_method(experiment.method)
     method.builder(experiment.implementation)  # refuse a missing library before loading anything
     if training.gradient_checkpointing and not method.supports_gradient_checkpointing:
@@ -241,7 +253,7 @@ def _from_process_zero(value):
 def make_trainer(plan: Plan, built: Built, callbacks: list | None = None) -> GenerationAccuracyTrainer:
     from transformers import DataCollatorForSeq2Seq
 
-    return GenerationAccuracyTrainer(
+    trainer = GenerationAccuracyTrainer(
         model=built.model,
         args=plan.args.training,
         train_dataset=built.data.train_dataset,
@@ -252,6 +264,10 @@ def make_trainer(plan: Plan, built: Built, callbacks: list | None = None) -> Gen
         artifact_format=plan.method.artifact_format(plan.args.experiment.implementation),
         callbacks=callbacks,
     )
+    args = plan.args
+    title = f"{run_label(args)} on {args.model.model_name_or_path}" + (" (random init)" if plan.random_base else "")
+    attach_console(trainer, title, run_label(args), args.experiment.verbose, "disable_tqdm" in args.origins)
+    return trainer
 
 
 # ------------------------------------------------------------------------------------------------------ train
@@ -342,6 +358,7 @@ def publish(plan: Plan, trainer: GenerationAccuracyTrainer, results: dict) -> No
     write_model_card(output_dir / ARTIFACT_FOLDER, results, plan.push.repo_id if plan.push else None)
     write_results(output_dir, results)
     print_summary(results)
+    print(write_run_figure(results, output_dir))
     if plan.push is not None:
         results["hub"] = push_run(output_dir, plan.push)
         write_results(output_dir, results)
@@ -397,25 +414,11 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
     return rows
 
 
-def format_history_table(history: list[dict]) -> str:
-    lines = [f"{'epoch':>7}  {'train_loss':>10}  {'valid_acc':>9}  {'macro_f1':>8}  {'invalid':>7}"]
-    for row in history:
-        loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else "-"
-        epoch = f"{row['epoch']:g}"
-        lines.append(
-            f"{epoch:>7}  {loss:>10}  {row['eval_accuracy']:>9.4f}  {row['eval_macro_f1']:>8.4f}  "
-            f"{row['eval_invalid_rate']:>7.4f}"
-        )
-    return "\n".join(lines)
-
-
 def print_summary(results: dict, stream=None) -> None:
-    """The reference notebook's per-epoch table and a final line with the best accuracy and parameter counts."""
+    """The line that ends a run: its best accuracy and parameter counts (the per-epoch table was printed as it went,
+    by :class:`~hf_peft_suite.progress.ConsoleProgress`)."""
     stream = stream or sys.stdout
     parameters = results["parameters"]
-    print(f"\n{results['method']} / {results['implementation']} on {results['model_name_or_path']}"
-          + (" (random init)" if results["random_init"] else ""), file=stream)
-    print(format_history_table(results["history"]), file=stream)
     print(
         f"best valid_acc {results['best_accuracy']:.4f} at epoch {results['best_epoch']:g} | parameters: total "
         f"{parameters['total']:,}, trainable {parameters['trainable']:,} ({parameters['trainable_percent']:.4f}%) | "

@@ -20,7 +20,7 @@ from .weights import first_line
 
 OFFLINE_HINT = (
     "Without network access, run `--preset tiny` (built in, offline), or point --model_name_or_path at a local "
-    "folder holding the model"
+    "folder holding the model (HF_HUB_OFFLINE=1 makes this fail at once instead of retrying the network)"
 )
 
 

@@ -108,6 +108,7 @@ def load_run(output_dir: str | os.PathLike, device: str | None = None) -> Finish
 
     from .methods import get_method
     from .modeling import load_base_model, loading_errors
+    from .quiet import library_output
 
     output_dir = Path(output_dir)
     results = read_run_results(output_dir)
@@ -120,8 +121,9 @@ def load_run(output_dir: str | os.PathLike, device: str | None = None) -> Finish
         return load_base_model(results["model_name_or_path"])
 
     try:
-        model = artifact_format.load_trained(str(artifact_dir), base)
-        tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir))
+        with library_output():  # no "Loading weights" bar or load warnings (transformers 5), as in a run
+            model = artifact_format.load_trained(str(artifact_dir), base)
+            tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir))
     except loading_errors() as error:
         raise UsageError(
             f"cannot load the trained model of {output_dir} ({type(error).__name__}: {first_line(error)}); the run's "
@@ -142,6 +144,7 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     ``eval_loss``, ``eval_runtime``, ``eval_samples_per_second``.
     """
     from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_callback import PrinterCallback
 
     from .run_folder import check_launch, write_predictions
     from .trainer import GenerationAccuracyTrainer
@@ -165,6 +168,7 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
         model=run.model, args=args, eval_dataset=data.eval_dataset, processing_class=run.tokenizer,
         data_collator=DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100), label_words=run.label_words,
     )
+    trainer.remove_callback(PrinterCallback)  # its raw log dict; the metrics are returned (the command prints JSON)
     metrics = trainer.evaluate()
     if output_dir is not None and trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)

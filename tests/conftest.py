@@ -30,7 +30,8 @@ SHARED_T5_SMALL = SHARED / "models" / "t5-small"
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent: it holds material a user's clone does not have (see shared/README.md)")
+        pytest.skip(f"{path} is absent: the real IMDB and t5-small tokenizer that CI keeps beside the checkout, which "
+                    f"a user's clone does not have")
     return path
 
 

@@ -97,3 +97,64 @@ def test_recommended_settings_cite_a_source_and_agree_with_the_method_default(me
     settings = recommended_settings(method)
     assert len(METHODS[method].recommended.source) > 40
     assert settings["learning_rate"] == METHODS[method].default_learning_rate
+
+
+def test_implementation_with_method_all_runs_only_that_implementations_cells(tmp_path, capsys):
+    output_dir = tmp_path / "library"
+    assert main([*QUICK, "--method", "all", "--implementation", "library", "--output_dir", str(output_dir)]) == 0
+    cells, skipped = comparison_cells("library")
+    assert {implementation for _, implementation in cells} == {"library"}
+    assert sorted(path.parent.name for path in output_dir.glob("*/results.json")) == sorted(
+        f"{method}-library" for method, _ in cells)
+    assert "--implementation library: only its cells run" in capsys.readouterr().out
+    rows = json.loads((output_dir / "comparison.json").read_text())
+    assert {row["implementation"] for row in rows} == {"library"}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("seeds") / "all"
+    assert main([*QUICK, "--method", "all", "--implementation", "scratch", "--seeds", "1", "2",
+                 "--output_dir", str(output_dir)]) == 0
+    return output_dir
+
+
+def test_seeds_run_every_cell_once_per_seed_and_report_mean_and_std(seeded):
+    cells, _ = comparison_cells("scratch")
+    for method, implementation in cells:
+        for seed in (1, 2):
+            results = json.loads((seeded / f"{method}-{implementation}" / f"seed-{seed}" / "results.json").read_text())
+            assert results["config"]["training"]["seed"] == seed
+            assert results["config"]["experiment"]["seeds"] is None  # each run is one seed
+    rows = json.loads((seeded / "comparison.json").read_text())
+    assert len(rows) == len(cells)
+    for row in rows:
+        per_seed = [run["best_accuracy"] for run in row["per_seed"]]
+        assert row["seeds"] == [1, 2] and row["best_accuracy"] == pytest.approx(sum(per_seed) / 2)
+        assert row["best_accuracy_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
+        assert row["train_runtime_s_std"] is not None
+    assert " ± " in (seeded / "comparison.md").read_text()
+    for name in ("comparison.png", "learning_curves.png"):
+        assert (seeded / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seeds_resume_finished_runs_and_redo_the_missing_one(seeded, capsys):
+    missing = seeded / "lora-scratch" / "seed-2"
+    finished = {path: path.read_bytes() for path in seeded.glob("*/seed-*/results.json") if path.parent != missing}
+    (missing / "results.json").unlink()
+    assert main([*QUICK, "--method", "all", "--implementation", "scratch", "--seeds", "1", "2",
+                 "--output_dir", str(seeded)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == len(finished)
+    assert "lora/scratch seed 2 -> " in out and (missing / "results.json").is_file()
+    assert all(path.read_bytes() == content for path, content in finished.items())
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seeds", "1", "2"], "--seeds repeats every cell of --method all over several seeds; for one run give --seed N"),
+    (["--method", "all", "--seeds", "3", "3"], "--seeds 3 3 repeats a seed; give each seed once"),
+])
+def test_seeds_outside_the_comparison_or_repeated_are_refused(argv, message, tmp_path, capsys):
+    assert main([*QUICK, *argv, "--output_dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "out").exists()

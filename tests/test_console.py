@@ -1,0 +1,231 @@
+"""The run as a person follows it: the cell counter, the per-epoch table, progress bars on a terminal, figures, quiet
+libraries (one process and two), and ``--verbose`` or the libraries' own settings bringing their logs back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hf_peft_suite.cli import main
+from hf_peft_suite.comparison import comparison_cells
+
+from .conftest import REPO_ROOT
+from .helpers import cli_environment, run_cli
+from .test_distributed import TORCHRUN, accelerate_launch
+
+# What a normal run must not print: the warnings the libraries gave before, their progress bars, Trainer's log dicts.
+NOISE = ("max_new_tokens", "find_unused_parameters", "is_gradient_checkpointing", "PAD/BOS/EOS", "past_key_value",
+         "adapters available", "Tokenizing", "Flattening", "Writing model shards", "Warning", "warn(", "{'loss'",
+         "{'eval_loss'", "{'train_runtime'")
+PNG = b"\x89PNG\r\n\x1a\n"
+MAIN_JOB = ["--preset", "tiny", "--method", "all"]
+SMALLER = ["--max_train_samples", "320", "--num_train_epochs", "2", "--max_eval_samples", "64"]
+
+
+def assert_quiet(*outputs: str) -> None:
+    for output in outputs:
+        found = [noise for noise in NOISE if noise in output]
+        assert not found, (found, output[-3000:])
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """The README's main job, ``python run_experiment.py --preset tiny --method all``, on less data (2 epochs)."""
+    output_dir = tmp_path_factory.mktemp("main_job") / "compare"
+    result = run_cli(*MAIN_JOB, *SMALLER, "--output_dir", output_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, output_dir
+
+
+@pytest.mark.slow
+def test_main_job_counts_cells_draws_figures_and_prints_no_library_noise(main_job):
+    result, output_dir = main_job
+    cells, _ = comparison_cells()
+    starts = re.findall(r"^cell (\d+)/(\d+): (\w+)/(\w+) -> .* \((\d+:\d\d) elapsed(, about \d+:\d\d left)?\)$",
+                        result.stdout, flags=re.M)
+    assert [(int(k), int(n), (m, i)) for k, n, m, i, _, _ in starts] == [
+        (k, len(cells), cell) for k, cell in enumerate(cells, start=1)]
+    assert not starts[0][5] and all(estimate for *_, estimate in starts[1:])  # an estimate once a cell has finished
+    assert re.search(rf"^{len(cells)} cells in \d+:\d\d \({len(cells)} trained", result.stdout, flags=re.M)
+    assert result.stdout.count("  epoch  train_loss  valid_acc") == len(cells)  # each cell's table, row by row
+    assert result.stderr == ""
+    assert_quiet(result.stdout)
+    for name in ("comparison.png", "learning_curves.png", *(f"{m}-{i}/learning_curves.png" for m, i in cells)):
+        assert (output_dir / name).read_bytes()[:8] == PNG, name
+    assert f"{output_dir / 'comparison.png'}, {output_dir / 'learning_curves.png'}" in result.stdout
+
+
+@pytest.mark.slow
+def test_python_api_example_of_the_readme_is_quiet(tmp_path):
+    """The README's Python example, as written, in a fresh interpreter: its table and nothing on stderr."""
+    block = re.search(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S).group(1)
+    assert "run_experiment(preset=\"tiny\"" in block
+    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=cli_environment(), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert_quiet(result.stdout)
+    assert "best valid_acc" in result.stdout and (tmp_path / "outputs/tiny-full/learning_curves.png").is_file()
+
+
+def test_library_output_is_quiet_inside_a_run_and_restored_after_it():
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    from hf_peft_suite.quiet import library_output
+
+    transformers_logging.set_verbosity_info()
+    transformers_logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    try:
+        with library_output(verbose=False):
+            assert transformers_logging.get_verbosity() == transformers_logging.ERROR
+            assert not datasets.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()
+        assert transformers_logging.get_verbosity() == transformers_logging.INFO
+        assert datasets.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
+        with library_output(verbose=True):
+            assert transformers_logging.get_verbosity() == transformers_logging.WARNING
+    finally:
+        transformers_logging.set_verbosity_warning()
+
+
+def test_the_libraries_own_settings_win_over_quiet(monkeypatch):
+    """TRANSFORMERS_VERBOSITY, HF_DATASETS_VERBOSITY and Python's -W keep what they ask for inside a quiet run."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    from hf_peft_suite.quiet import library_output
+
+    def shown_inside_a_quiet_run(message: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # what -W always (or a Python without pytest's filters) shows
+            with library_output(verbose=False):
+                warnings.warn(message, FutureWarning)
+        return [str(warning.message) for warning in caught]
+
+    assert shown_inside_a_quiet_run("hidden") == []
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
+    monkeypatch.setenv("HF_DATASETS_VERBOSITY", "info")
+    monkeypatch.setattr(sys, "warnoptions", ["always"])
+    transformers_logging.set_verbosity_info()
+    datasets.logging.set_verbosity_info()
+    try:
+        assert shown_inside_a_quiet_run("still shown") == ["still shown"]
+        with library_output(verbose=False):
+            assert transformers_logging.get_verbosity() == transformers_logging.INFO
+            assert datasets.logging.get_verbosity() == datasets.logging.INFO
+    finally:
+        transformers_logging.set_verbosity_warning()
+        datasets.logging.set_verbosity_warning()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flags", "env", "expected"), [
+    (["--verbose"], {}, "Tokenizing"),  # datasets' progress bars and logs are back
+    ([], {"TRANSFORMERS_VERBOSITY": "info"}, "***** Running training *****"),  # transformers' own setting wins
+], ids=["verbose", "TRANSFORMERS_VERBOSITY"])
+def test_verbose_or_the_libraries_own_settings_bring_their_logs_back(flags, env, expected, tmp_path):
+    result = run_cli("--preset", "tiny", "--max_steps", "2", "--max_eval_samples", "16", "--output_dir",
+                     tmp_path / "run", *flags, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_every_cell_is_quiet_and_counted_once(tmp_path):
+    """torchrun, two gloo processes, every cell (DDP with find_unused_parameters off): nothing on stderr, and the
+    counter and the tables printed by the first process only."""
+    output_dir = tmp_path / "ddp"
+    result = run_cli(*MAIN_JOB, "--max_train_samples", "64", "--max_steps", "2", "--max_eval_samples", "16",
+                     "--per_device_eval_batch_size", "8", "--output_dir", output_dir, launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells, _ = comparison_cells()
+    assert result.stderr == ""
+    assert_quiet(result.stdout)
+    assert result.stdout.count("cell 1/") == 1 and result.stdout.count("best valid_acc") == len(cells)
+    rows = json.loads((output_dir / "comparison.json").read_text())
+    assert sorted((row["method"], row["implementation"]) for row in rows if row["status"] == "ok") == sorted(cells)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_is_quiet(tmp_path):
+    result = run_cli("--preset", "tiny", "--method", "lora", "--implementation", "library", "--max_train_samples", "64",
+                     "--max_steps", "2", "--max_eval_samples", "16", "--output_dir", tmp_path / "run",
+                     launcher=accelerate_launch())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert_quiet(result.stdout)
+
+
+@pytest.mark.slow
+def test_on_a_terminal_training_and_evaluation_draw_progress_bars(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    command = [sys.executable, "run_experiment.py", "--preset", "tiny", "--max_steps", "30", "--eval_strategy", "steps",
+               "--eval_steps", "15", "--max_eval_samples", "64", "--output_dir", str(tmp_path / "run")]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=cli_environment(), stdin=follower, stdout=follower,
+                               stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the process has closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=300) == 0
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert re.search(r"full/scratch training: +\d+%\|", screen), screen[-2000:]
+    assert re.search(r"full/scratch evaluation: +\d+%\|", screen), screen[-2000:]
+    assert "  epoch  train_loss  valid_acc" in screen and "best valid_acc" in screen
+    assert_quiet(screen)
+
+
+def test_an_evaluation_row_per_epoch_and_the_cell_counter_estimate(capsys):
+    from transformers import TrainerState
+
+    from hf_peft_suite.progress import CellCounter, ConsoleProgress
+
+    console = ConsoleProgress("lora/scratch on t5-small", "lora/scratch")
+    state = TrainerState(epoch=1.0, global_step=63, max_steps=252, is_world_process_zero=True)
+    console.on_log(None, state, None, logs={"loss": 0.3536, "learning_rate": 0.01})
+    console.on_evaluate(None, state, None, metrics={"eval_accuracy": 0.9625, "eval_macro_f1": 0.9624,
+                                                    "eval_invalid_rate": 0.0, "eval_loss": 0.0728})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["epoch", "train_loss", "valid_acc", "macro_f1", "invalid", "eval_loss", "step", "time"]
+    assert lines[1].split()[:7] == ["1", "0.3536", "0.9625", "0.9624", "0.0000", "0.0728", "63/252"]
+
+    counter = CellCounter(3)
+    counter.finished_earlier("full/scratch", "out/full-scratch/results.json")
+    counter.start("lora/scratch", "out/lora-scratch")
+    counter.cell_started -= 30  # as if it took 30 s
+    counter.done(ok=True)
+    counter.start("lora/library", "out/lora-library")
+    out = capsys.readouterr().out
+    assert "cell 1/3: full/scratch: finished earlier" in out and "cell 3/3: lora/library -> out/lora-library" in out
+    assert re.search(r"cell 3/3: .*elapsed, about 0:30 left\)", out)  # one cell left, 30 s each
+
+
+def test_evaluate_prints_its_metrics_once_without_a_raw_log_dict(tmp_path, capsys):
+    from hf_peft_suite import run_experiment
+
+    run_experiment(preset="tiny", max_steps=2, max_eval_samples=16, output_dir=str(tmp_path / "run"))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--output_dir", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "{'eval" not in out and json.loads(out[:out.index("\nwritten: ")])["eval_num_scored"] == 16
