@@ -38,6 +38,26 @@ def test_short_help_is_fast_short_and_lists_the_projects_flags():
     assert "--help_all" in result.stdout
 
 
+def test_the_installed_command_prints_the_short_help_as_fast():
+    """``hf-peft-suite --help``: the console script imports hf_peft_suite_cli, not the package (whose __init__
+    imports torch and transformers to register the methods: about 4 s here)."""
+    from pathlib import Path
+
+    command = Path(sys.executable).parent / "hf-peft-suite"
+    if not command.exists():
+        pytest.skip(f"the package is not installed in this environment ({command} is absent)")
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = subprocess.run([str(command), "--help"], env=cli_environment(), capture_output=True, text=True,
+                                timeout=60)
+        timings.append(time.perf_counter() - started)
+        assert result.returncode == 0 and result.stderr == ""
+    assert min(timings) < 3.0, timings
+    for name in SUBCOMMANDS:
+        assert re.search(rf"^\s+{name}\b", result.stdout, flags=re.M), name
+
+
 def test_short_help_file_is_rendered_from_the_current_flags_and_installed_with_the_package():
     import configparser
 
