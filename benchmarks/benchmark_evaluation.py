@@ -4,13 +4,16 @@ Not a test: a measurement. On the t5-small architecture (random weights from ``.
 peft on q and v, as a finished run is) and the same 512 IMDB test reviews (``../shared/data/imdb``, a seeded shuffled
 subset, cleaned and truncated to 256 tokens by the project's pipeline), batch 32:
 
+Every evaluation variant runs in a fresh process of its own (one after another), so none pays for another's memory.
+
 1. **the notebook's loop** (the baseline): a DataLoader over the reviews in dataset order, padding to the longest of
    each batch, ``model.generate(max_length=5)``, decode, compare with the label words;
 2. **``trainer.evaluate()``**, the whole call (``GenerationAccuracyTrainer``: length-sorted batches, one encoder pass
    per batch, ``eval_loss`` included), fp32;
 3. **the ``evaluate`` command**, the whole command in a fresh process (``run_experiment.py evaluate RUN_DIR``:
    start-up, imports, loading the run and the data, evaluating, writing), fp32;
-4. **the floor**: a bare encoder forward over the same (sorted) batches: the work no evaluation can avoid;
+4. **the floors**: a bare encoder forward over the same (sorted) batches, and ``generate`` alone over them (the
+   encoder plus the decoder's steps, whose cross-attention projects every encoder state again);
 5. **``trainer.evaluate()`` under ``--bf16``** (CPU autocast), against the fp32 notebook loop; and how many
    predictions bf16 changes on a *trained* tiny LoRA run (the random t5-small writes no label word at all);
 6. **training**: a ``GenerationAccuracyTrainer`` step against a plain PyTorch loop's step (forward, backward, AdamW)
@@ -83,8 +86,8 @@ def eval_trainer(run, data, batch_size: int, bf16: bool, output_dir: Path):
     )
 
 
-def measure_evaluation(args, run, data, root: Path) -> dict:
-    """(1), (2), (4), (5) in this process."""
+def evaluation_variants(args, run, data, root: Path) -> dict:
+    """The evaluation variants, each a function returning ``(first generated ids per review or None, extra)``."""
     import torch
     from transformers import DataCollatorWithPadding
 
@@ -108,39 +111,76 @@ def measure_evaluation(args, run, data, root: Path) -> dict:
         by_review = [None] * len(order)
         for position, index in enumerate(order):
             by_review[index] = generated[position]
-        return by_review
+        return by_review, {"notebook_valid_outputs": valid}
 
     @torch.no_grad()
     def encoder_floor():
         for batch in sorted_batches:
             model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return None, {}
 
-    captured = {}
+    @torch.no_grad()
+    def generate_floor():  # what any evaluation must compute: the encoder and the decoder's first steps
+        for batch in sorted_batches:
+            model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           max_new_tokens=run.scorer.max_new_tokens)
+        return None, {}
 
     def ours(bf16: bool):
-        trainer = eval_trainer(run, data, args.batch_size, bf16, root / "trainer")
-        original = trainer.prediction_step
+        trainer = eval_trainer(run, data, args.batch_size, bf16, root / "trainer")  # built once, as a run does
+        captured, original = [], trainer.prediction_step
 
         def keep_ids(*step_args, **step_kwargs):
             loss, (generated, losses), labels = original(*step_args, **step_kwargs)
-            captured.setdefault(bf16, []).extend(row[1:3].tolist() for row in generated)
+            captured.extend(row[1:3].tolist() for row in generated)
             return loss, (generated, losses), labels
 
-        def call():
-            captured[bf16] = []
-            trainer.prediction_step = keep_ids
-            return trainer.evaluate()
+        trainer.prediction_step = keep_ids
+
+        def call():  # the whole evaluate() call
+            captured.clear()
+            metrics = trainer.evaluate()
+            return list(captured), {"eval_loss": metrics["eval_loss"], "eval_num_scored": metrics["eval_num_scored"]}
         return call
 
-    results = {}
-    results["notebook_s"], notebook_ids = fastest(notebook, args.repeats)
-    results["trainer_evaluate_s"], metrics = fastest(ours(False), args.repeats)
-    results["eval_loss"], results["eval_num_scored"] = metrics["eval_loss"], metrics["eval_num_scored"]
-    results["encoder_floor_s"], _ = fastest(encoder_floor, args.repeats)
-    results["ids_identical"] = captured[False] == notebook_ids
-    results["ids_compared"] = len(notebook_ids)
-    results["trainer_evaluate_bf16_s"], _ = fastest(ours(True), args.repeats)
-    results["bf16_first_ids_changed"] = sum(a != b for a, b in zip(captured[True], captured[False]))
+    variants = {"notebook": lambda: notebook, "trainer_evaluate": lambda: ours(False),
+                "trainer_evaluate_bf16": lambda: ours(True), "encoder_floor": lambda: encoder_floor,
+                "generate_floor": lambda: generate_floor}
+    return variants
+
+
+def worker(args) -> None:
+    """One evaluation variant in a fresh process (so no variant pays for another's memory): prints its JSON."""
+    from hf_peft_suite import load_run
+    from hf_peft_suite.arguments import DataArguments
+    from hf_peft_suite.data import load_eval_data
+    from hf_peft_suite.quiet import apply_library_output
+
+    apply_library_output(verbose=False)
+    run = load_run(args.run_dir, device="cpu")
+    data = load_eval_data(DataArguments(dataset_name=str(args.data), max_eval_samples=args.examples,
+                                        max_source_length=256), run.tokenizer, run.label_words, seed=42)
+    function = evaluation_variants(args, run, data, Path(tempfile.mkdtemp()))[args.worker]()
+    seconds, (ids, extra) = fastest(function, args.repeats)
+    print("RESULT " + json.dumps({"seconds": seconds, "ids": ids, **extra}))
+
+
+def measure_evaluation(args, run_dir: Path) -> dict:
+    """(1), (2), (4), (5): each variant in its own process, one after another."""
+    results, ids = {}, {}
+    for name in ("notebook", "trainer_evaluate", "encoder_floor", "generate_floor", "trainer_evaluate_bf16"):
+        command = [sys.executable, __file__, "--worker", name, "--run-dir", str(run_dir), "--data", str(args.data),
+                   "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--repeats",
+                   str(args.repeats)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}).stdout
+        record = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+        results[f"{name}_s"], ids[name] = record.pop("seconds"), record.pop("ids")
+        results.update(record)
+    results["ids_identical"] = ids["trainer_evaluate"] == ids["notebook"]
+    results["ids_compared"] = len(ids["notebook"])
+    results["bf16_first_ids_changed"] = sum(a != b for a, b in zip(ids["trainer_evaluate_bf16"],
+                                                                    ids["trainer_evaluate"]))
     return results
 
 
@@ -260,6 +300,9 @@ def table(results: dict) -> str:
          ">= 1.25x faster than the notebook"),
         ("bare encoder forward (floor)", results["encoder_floor_s"], f"{notebook / results['encoder_floor_s']:.2f}x",
          f"evaluate / floor = {results['trainer_evaluate_s'] / results['encoder_floor_s']:.3f} (<= 1.15)"),
+        ("generate alone, sorted batches (what any evaluation computes)", results["generate_floor_s"],
+         f"{notebook / results['generate_floor_s']:.2f}x",
+         f"evaluate / generate = {results['trainer_evaluate_s'] / results['generate_floor_s']:.3f}"),
         ("trainer.evaluate() (--bf16)", results["trainer_evaluate_bf16_s"],
          f"{notebook / results['trainer_evaluate_bf16_s']:.2f}x", ">= 2x faster than the fp32 notebook"),
     ]
@@ -267,7 +310,8 @@ def table(results: dict) -> str:
         rows.append(("evaluate command, whole (fp32)", results["evaluate_command_s"],
                      f"{notebook / results['evaluate_command_s']:.2f}x",
                      f"of which evaluation {results['evaluate_command_eval_runtime_s']:.1f} s"))
-    lines = ["| what (512 IMDB reviews, batch 32) | seconds | speed vs notebook | target / note |",
+    lines = [f"| what ({results['examples']} IMDB reviews, batch {results['batch_size']}) | seconds | speed vs notebook "
+             "| target / note |",
              "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {seconds:.2f} | {ratio} | {note} |" for name, seconds, ratio, note in rows]
     for method in ("full", "lora"):
@@ -294,30 +338,31 @@ def main() -> None:
     parser.add_argument("--skip-command", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     for path in (args.model, args.data):
         if not path.exists():
             sys.exit(f"error: {path} does not exist; give --model and --data (see the docstring)")
 
-    from hf_peft_suite import evaluate_run, load_run  # noqa: F401  (imported here: the paths above come first)
-    from hf_peft_suite.arguments import DataArguments
-    from hf_peft_suite.cli import _quiet_libraries
-    from hf_peft_suite.data import load_eval_data
+    from hf_peft_suite import load_run
+    from hf_peft_suite.quiet import apply_library_output
 
-    _quiet_libraries()
+    apply_library_output(verbose=False)
+    if args.worker:
+        worker(args)
+        return
     root = Path(tempfile.mkdtemp(prefix="hf_peft_suite_benchmark_"))
     run_dir = make_run(args, root)
-    run = load_run(run_dir, device="cpu")
-    data = load_eval_data(DataArguments(dataset_name=str(args.data), max_eval_samples=args.examples,
-                                        max_source_length=256), run.tokenizer, run.label_words, seed=42)
-    results = {"environment": environment(), "examples": len(data.eval_dataset), "batch_size": args.batch_size}
-    results.update(measure_evaluation(args, run, data, root))
+    results = {"environment": environment(), "examples": args.examples, "batch_size": args.batch_size}
+    results.update(measure_evaluation(args, run_dir))
     if not args.skip_command:
         results.update(measure_command(args, run_dir, root))
     results.update(bf16_on_a_trained_tiny_run(root))
     if not args.skip_training:
+        tokenizer = load_run(run_dir, device="cpu").tokenizer
         for method in ("full", "lora"):
-            results.update(measure_training(args, run.tokenizer, method))
+            results.update(measure_training(args, tokenizer, method))
     results["environment"]["load_average_after"] = os.getloadavg()
     print(table(results))
     print(json.dumps({key: value for key, value in results.items() if key != "environment"}, indent=2))
