@@ -4,8 +4,6 @@ Not a test: a measurement. On the t5-small architecture (random weights from ``.
 peft on q and v, as a finished run is) and the same 512 IMDB test reviews (``../shared/data/imdb``, a seeded shuffled
 subset, cleaned and truncated to 256 tokens by the project's pipeline), batch 32:
 
-Every evaluation variant runs in a fresh process of its own (one after another), so none pays for another's memory.
-
 1. **the notebook's loop** (the baseline): a DataLoader over the reviews in dataset order, padding to the longest of
    each batch, ``model.generate(max_length=5)``, decode, compare with the label words;
 2. **``trainer.evaluate()``**, the whole call (``GenerationAccuracyTrainer``: length-sorted batches, one encoder pass
@@ -19,8 +17,8 @@ Every evaluation variant runs in a fresh process of its own (one after another),
 6. **training**: a ``GenerationAccuracyTrainer`` step against a plain PyTorch loop's step (forward, backward, AdamW)
    on the same batches in the same order, for full fine-tuning and LoRA (scratch).
 
-Every timing is the fastest of ``--repeats`` runs after a warm-up (these machines are noisy); run it on a quiet
-machine. The first generated ids of (1) and (2) must be identical for every review.
+The variants run interleaved in rounds after a warm-up (see ``worker``); every ratio is the median over rounds of
+two calls made in the same round, every time the fastest call. Run it on a quiet machine. The first generated ids of (1) and (2) must be identical for every review.
 
     python benchmarks/benchmark_evaluation.py                         # ../shared paths, everything (about 10 min here)
     python benchmarks/benchmark_evaluation.py --skip-command --skip-training --repeats 1
@@ -47,17 +45,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT.parent / "shared" / "models" / "t5-small"
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "imdb"
 sys.path.insert(0, str(REPO_ROOT))
-
-
-def fastest(function, repeats: int):
-    """(best seconds, result of the last call) over ``repeats`` timed calls after one untimed warm-up."""
-    function()
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def make_run(args, root: Path) -> Path:
@@ -150,7 +137,10 @@ def evaluation_variants(args, run, data, root: Path) -> dict:
 
 
 def worker(args) -> None:
-    """One evaluation variant in a fresh process (so no variant pays for another's memory): prints its JSON."""
+    """A group of evaluation variants in one fresh process, interleaved: each warmed up once, then ``--repeats``
+    rounds that run every variant in turn, so that each round's ratios compare calls made a minute apart (this
+    machine's speed drifts by 20% over minutes: variants timed one after another in separate processes gave
+    notebook/evaluate ratios from 1.2 to 1.5 between runs). Prints its JSON."""
     from hf_peft_suite import load_run
     from hf_peft_suite.arguments import DataArguments
     from hf_peft_suite.data import load_eval_data
@@ -160,23 +150,52 @@ def worker(args) -> None:
     run = load_run(args.run_dir, device="cpu")
     data = load_eval_data(DataArguments(dataset_name=str(args.data), max_eval_samples=args.examples,
                                         max_source_length=256), run.tokenizer, run.label_words, seed=42)
-    function = evaluation_variants(args, run, data, Path(tempfile.mkdtemp()))[args.worker]()
-    seconds, (ids, extra) = fastest(function, args.repeats)
-    print("RESULT " + json.dumps({"seconds": seconds, "ids": ids, **extra}))
+    variants = evaluation_variants(args, run, data, Path(tempfile.mkdtemp()))
+    functions = {name: variants[name]() for name in args.worker.split(",")}
+    record = {name: {"seconds": []} for name in functions}
+    for name, function in functions.items():  # warm-up: every shape seen once (the whole of a --cold worker)
+        record[name]["ids"], extra = function()
+        record[name].update(extra)
+    if args.cold:
+        return
+    for _ in range(args.repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            record[name]["seconds"].append(time.perf_counter() - start)
+    print("RESULT " + json.dumps(record))
 
 
 def measure_evaluation(args, run_dir: Path) -> dict:
-    """(1), (2), (4), (5): each variant in its own process, one after another."""
+    """(1), (2), (4), (5): the fp32 variants interleaved in one process, bf16 interleaved with the notebook loop in
+    another (so no fp32 call runs beside a bf16 trainer). Each ratio is the median over rounds of notebook / variant
+    in the same round; each time is the fastest call."""
+    groups = ("notebook,trainer_evaluate,generate_floor,encoder_floor", "notebook,trainer_evaluate_bf16")
     results, ids = {}, {}
-    for name in ("notebook", "trainer_evaluate", "encoder_floor", "generate_floor", "trainer_evaluate_bf16"):
-        command = [sys.executable, __file__, "--worker", name, "--run-dir", str(run_dir), "--data", str(args.data),
+    for group in groups:
+        command = [sys.executable, __file__, "--worker", group, "--run-dir", str(run_dir), "--data", str(args.data),
                    "--examples", str(args.examples), "--batch-size", str(args.batch_size), "--repeats",
                    str(args.repeats)]
         output = subprocess.run(command, check=True, capture_output=True, text=True,
                                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}).stdout
         record = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
-        results[f"{name}_s"], ids[name] = record.pop("seconds"), record.pop("ids")
-        results.update(record)
+        notebook = record.pop("notebook")
+        suffix = "" if group == groups[0] else "_beside_bf16"
+        results[f"notebook{suffix}_s"] = min(notebook["seconds"])
+        ids.setdefault("notebook", notebook["ids"])
+        for name, measured in record.items():
+            results[f"{name}_s"] = min(measured["seconds"])
+            results[f"{name}_rounds_s"] = measured["seconds"]
+            results[f"notebook_over_{name}"] = statistics.median(
+                before / after for before, after in zip(notebook["seconds"], measured["seconds"]))
+            ids[name] = measured.pop("ids")
+            results.update({key: value for key, value in measured.items() if key != "seconds"})
+        results[f"notebook{suffix}_rounds_s"] = notebook["seconds"]
+    results["notebook_valid_outputs"] = notebook["notebook_valid_outputs"]
+    results["evaluate_over_encoder_floor"] = statistics.median(
+        a / b for a, b in zip(results["trainer_evaluate_rounds_s"], results["encoder_floor_rounds_s"]))
+    results["evaluate_over_generate_floor"] = statistics.median(
+        a / b for a, b in zip(results["trainer_evaluate_rounds_s"], results["generate_floor_rounds_s"]))
     results["ids_identical"] = ids["trainer_evaluate"] == ids["notebook"]
     results["ids_compared"] = len(ids["notebook"])
     results["bf16_first_ids_changed"] = sum(a != b for a, b in zip(ids["trainer_evaluate_bf16"],
@@ -185,18 +204,26 @@ def measure_evaluation(args, run_dir: Path) -> dict:
 
 
 def measure_command(args, run_dir: Path, root: Path) -> dict:
-    """(3): the whole ``evaluate`` command in a fresh process."""
-    times = []
+    """(3): the whole ``evaluate`` command in a fresh process, against the whole notebook script in a fresh process
+    (load the run and the reviews, one cold pass of the notebook's loop), alternating, each timed from outside."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    notebook_script = [sys.executable, __file__, "--worker", "notebook", "--cold", "--run-dir", str(run_dir),
+                       "--data", str(args.data), "--examples", str(args.examples), "--batch-size", str(args.batch_size)]
+    times = {"evaluate_command": [], "notebook_script": []}
     for repeat in range(args.repeats):
         output_dir = root / f"command-{repeat}"
-        command = [sys.executable, str(REPO_ROOT / "run_experiment.py"), "evaluate", str(run_dir), "--output_dir",
-                   str(output_dir), "--max_eval_samples", str(args.examples), "--per_device_eval_batch_size",
-                   str(args.batch_size)]
-        start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-        times.append(time.perf_counter() - start)
+        evaluate_command = [sys.executable, str(REPO_ROOT / "run_experiment.py"), "evaluate", str(run_dir),
+                            "--output_dir", str(output_dir), "--max_eval_samples", str(args.examples),
+                            "--per_device_eval_batch_size", str(args.batch_size)]
+        for name, command in (("evaluate_command", evaluate_command), ("notebook_script", notebook_script)):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
+            times[name].append(time.perf_counter() - start)
         inside = json.loads((output_dir / "eval_results.json").read_text())["eval_runtime"]
-    return {"evaluate_command_s": min(times), "evaluate_command_eval_runtime_s": inside}
+    return {"evaluate_command_s": min(times["evaluate_command"]), "evaluate_command_eval_runtime_s": inside,
+            "notebook_script_s": min(times["notebook_script"]),
+            "notebook_script_over_evaluate_command": statistics.median(
+                a / b for a, b in zip(times["notebook_script"], times["evaluate_command"]))}
 
 
 def bf16_on_a_trained_tiny_run(root: Path) -> dict:
@@ -293,23 +320,26 @@ def environment() -> dict:
 
 
 def table(results: dict) -> str:
-    notebook = results["notebook_s"]
+    """Seconds are the fastest call; "speed vs notebook" is the median over rounds of notebook / variant."""
+    def ratio(name):
+        return f"{results[f'notebook_over_{name}']:.2f}x"
+
     rows = [
-        ("notebook loop (fp32)", notebook, "1.00x", ""),
-        ("trainer.evaluate() (fp32)", results["trainer_evaluate_s"], f"{notebook / results['trainer_evaluate_s']:.2f}x",
+        ("notebook loop (fp32)", results["notebook_s"], "1.00x", ""),
+        ("trainer.evaluate() (fp32)", results["trainer_evaluate_s"], ratio("trainer_evaluate"),
          ">= 1.25x faster than the notebook"),
-        ("bare encoder forward (floor)", results["encoder_floor_s"], f"{notebook / results['encoder_floor_s']:.2f}x",
-         f"evaluate / floor = {results['trainer_evaluate_s'] / results['encoder_floor_s']:.3f} (<= 1.15)"),
+        ("bare encoder forward (floor)", results["encoder_floor_s"], ratio("encoder_floor"),
+         f"evaluate / floor = {results['evaluate_over_encoder_floor']:.3f} (<= 1.15)"),
         ("generate alone, sorted batches (what any evaluation computes)", results["generate_floor_s"],
-         f"{notebook / results['generate_floor_s']:.2f}x",
-         f"evaluate / generate = {results['trainer_evaluate_s'] / results['generate_floor_s']:.3f}"),
-        ("trainer.evaluate() (--bf16)", results["trainer_evaluate_bf16_s"],
-         f"{notebook / results['trainer_evaluate_bf16_s']:.2f}x", ">= 2x faster than the fp32 notebook"),
+         ratio("generate_floor"), f"evaluate / generate = {results['evaluate_over_generate_floor']:.3f}"),
+        ("trainer.evaluate() (--bf16), against the fp32 notebook loop in its own process",
+         results["trainer_evaluate_bf16_s"], ratio("trainer_evaluate_bf16"), ">= 2x faster than the fp32 notebook"),
     ]
     if "evaluate_command_s" in results:
-        rows.append(("evaluate command, whole (fp32)", results["evaluate_command_s"],
-                     f"{notebook / results['evaluate_command_s']:.2f}x",
-                     f"of which evaluation {results['evaluate_command_eval_runtime_s']:.1f} s"))
+        rows.append(("evaluate command, whole, against the notebook script, whole (both fresh processes)",
+                     results["evaluate_command_s"], f"{results['notebook_script_over_evaluate_command']:.2f}x",
+                     f"notebook script {results['notebook_script_s']:.1f} s; evaluation inside the command "
+                     f"{results['evaluate_command_eval_runtime_s']:.1f} s"))
     lines = [f"| what ({results['examples']} IMDB reviews, batch {results['batch_size']}) | seconds | speed vs notebook "
              "| target / note |",
              "| --- | --- | --- | --- |"]
@@ -340,6 +370,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for path in (args.model, args.data):
         if not path.exists():
