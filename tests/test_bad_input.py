@@ -290,6 +290,14 @@ def test_resume_from_a_checkpoint_that_does_not_exist_or_is_not_one(stopped_runs
                    r"holds no checkpoint-\* folder to resume from", capsys, absent=empty)
 
 
+def test_resume_from_a_checkpoint_whose_trainer_state_is_damaged(stopped_runs, tmp_path, capsys):
+    run = copy_run(stopped_runs, "lora-scratch", tmp_path)
+    state = run / "checkpoint-2" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # cut short, as a crash while it was being written leaves it
+    assert_refused([*QUICK, "--method", "lora", "--output_dir", run, "--resume_from_checkpoint", "last"],
+                   r"checkpoint-2: its trainer_state.json is damaged \(.*\); resume from ", capsys, run)
+
+
 @pytest.mark.parametrize("name", list(RESUMABLE))
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_resume_from_a_corrupted_or_truncated_adapter_file(name, damage, stopped_runs, tmp_path, capsys):
