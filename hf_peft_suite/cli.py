@@ -26,7 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, is_main_process
 
 EXIT_USAGE = 2
 TRACEBACK_VARIABLE = "HF_PEFT_SUITE_TRACEBACK"
@@ -37,8 +37,21 @@ def _quiet_libraries(argv: list[str]) -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from .quiet import apply_library_output
 
-    verbose = "--verbose" in argv and argv[argv.index("--verbose") + 1:][:1] not in (["false"], ["False"], ["0"])
-    apply_library_output(verbose)
+    apply_library_output(_verbose_flag(argv))
+
+
+def _verbose_flag(argv: list[str]) -> bool:
+    """``--verbose`` as the parser will read it (``--verbose``, ``--verbose no``, ``--verbose=true``), looked up before
+    the arguments are parsed so that loading is quiet too; a JSON config's ``verbose`` applies once it is parsed."""
+    for position, item in enumerate(argv):
+        if item == "--verbose":
+            value = argv[position + 1] if position + 1 < len(argv) and not argv[position + 1].startswith("-") else "true"
+        elif item.startswith("--verbose="):
+            value = item.partition("=")[2]
+        else:
+            continue
+        return value.lower() not in ("no", "false", "f", "n", "0")  # transformers' string_to_bool
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +165,7 @@ def push_main(argv: list[str]) -> int:
 def evaluate_main(argv: list[str]) -> int:
     """``evaluate RUN_DIR [--output_dir DIR] [--dataset_name ... --eval_file ... --max_eval_samples N ...]``."""
     from .arguments import DataArguments, parse_flags
+    from .run_folder import timestamp
     from .runs import EVAL_RESULTS_NAME, evaluate_run
 
     if {"-h", "--help"} & set(argv):
@@ -166,10 +180,10 @@ def evaluate_main(argv: list[str]) -> int:
         raise UsageError(f"evaluate uses no training data: leave out --{', --'.join(training_only)}")
     options = {key: flags.pop(key) for key in ("output_dir", "per_device_eval_batch_size", "bf16") if key in flags}
     if options.get("output_dir") is None:
-        options["output_dir"] = f"outputs/evaluate-{Path(run_dir).absolute().name}-{_stamp()}"
+        options["output_dir"] = f"outputs/evaluate-{Path(run_dir).absolute().name}-{timestamp()}"
     assert set(flags) <= {f.name for f in dataclasses.fields(DataArguments)}
     metrics = evaluate_run(run_dir, **options, **flags)
-    if _is_main_process():
+    if is_main_process():
         print(json.dumps(metrics, indent=2))
         print(f"written: {Path(options['output_dir']) / EVAL_RESULTS_NAME}")
     return 0
@@ -200,6 +214,7 @@ def _evaluation_parser():
 
 def predict_main(argv: list[str]) -> int:
     """``predict RUN_DIR "text" ...`` or ``predict RUN_DIR --input_file FILE [--output_dir DIR]``."""
+    from .run_folder import timestamp
     from .runs import load_run, predict_file
 
     parser = _SubcommandParser(prog="hf-peft-suite predict", description=predict_main.__doc__)
@@ -215,7 +230,7 @@ def predict_main(argv: list[str]) -> int:
     if options.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, not {options.batch_size}")
     if options.input_file:
-        output_dir = options.output_dir or f"outputs/predict-{Path(options.input_file).stem}-{_stamp()}"
+        output_dir = options.output_dir or f"outputs/predict-{Path(options.input_file).stem}-{timestamp()}"
         summary = predict_file(options.run_dir, options.input_file, output_dir, options.text_column,
                                options.batch_size)
         print(json.dumps(summary, indent=2))
@@ -224,16 +239,6 @@ def predict_main(argv: list[str]) -> int:
         label = prediction.label if prediction.valid else f"invalid (wrote {prediction.output!r})"
         print(f"{label}\t{prediction.text}")
     return 0
-
-
-def _stamp() -> str:
-    from datetime import datetime
-
-    return datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 SUBCOMMANDS = {"report": report_main, "push": push_main, "evaluate": evaluate_main, "predict": predict_main}

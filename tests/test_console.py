@@ -229,3 +229,16 @@ def test_evaluate_prints_its_metrics_once_without_a_raw_log_dict(tmp_path, capsy
     assert main(["evaluate", str(tmp_path / "run"), "--output_dir", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     assert "{'eval" not in out and json.loads(out[:out.index("\nwritten: ")])["eval_num_scored"] == 16
+
+
+def test_the_early_verbose_lookup_reads_the_flag_as_the_parser_does():
+    from transformers.hf_argparser import string_to_bool
+
+    from hf_peft_suite.cli import _verbose_flag
+
+    for value in ("yes", "true", "t", "y", "1", "True", "no", "false", "f", "n", "0", "NO"):
+        assert _verbose_flag(["--verbose", value]) == string_to_bool(value), value
+        assert _verbose_flag([f"--verbose={value}"]) == string_to_bool(value), value
+    assert _verbose_flag(["--method", "lora", "--verbose"]) is True
+    assert _verbose_flag(["--verbose", "--method", "lora"]) is True
+    assert _verbose_flag(["--method", "lora"]) is False
