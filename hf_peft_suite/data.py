@@ -91,10 +91,7 @@ def read_text_file(path: str | os.PathLike, text_column: str) -> list[str]:
         raise UsageError(f"{path} has no column {text_column!r} (columns: {dataset.column_names}); name it with "
                          f"--text_column")
     texts = dataset[text_column]
-    bad = [index for index, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if bad:
-        raise UsageError(f"{len(bad)} rows of {path} have no text in {text_column!r} (the first is row {bad[0]}); "
-                         f"remove them or choose another --text_column")
+    _check_texts(texts, path, text_column)
     return texts
 
 
@@ -217,20 +214,19 @@ def _subset(dataset, size: int | None, seed: int):
     return dataset.shuffle(seed=seed).select(range(size)).flatten_indices()
 
 
-def _check_texts(dataset, name: str, args: DataArguments) -> None:
-    """Every row must hold text: not a number, not empty (row numbers count the split's rows from 0, in file order)."""
-    texts = dataset[args.text_column]
+def _check_texts(texts: list, where: str, column: str) -> None:
+    """Every row must hold text: not a number, not empty (row numbers count the rows from 0, in file order)."""
     not_text = [index for index, text in enumerate(texts) if text is not None and not isinstance(text, str)]
     if not_text:
         example = texts[not_text[0]]
         raise UsageError(
-            f"the {name} split's column {args.text_column!r} holds {type(example).__name__} values, not text (row "
+            f"{where}'s column {column!r} holds {type(example).__name__} values, not text (row "
             f"{not_text[0]}: {example!r}); name the column of texts with --text_column"
         )
     empty = [index for index, text in enumerate(texts) if text is None or not text.strip()]
     if empty:
         raise UsageError(
-            f"{len(empty)} rows of the {name} split have an empty {args.text_column!r} (the first is row {empty[0]}, "
+            f"{len(empty)} rows of {where} have an empty {column!r} (the first is row {empty[0]}, "
             f"counting from 0 in the file's order); remove them or choose another --text_column"
         )
 
@@ -266,8 +262,8 @@ def load_data(args: DataArguments | None = None, tokenizer=None, seed: int = 42,
                                                                                   "--eval_split", args)
     words, value_to_id = resolve_label_words(train, evaluation, args)
     check_words_survive_tokenizer(words, tokenizer)
-    _check_texts(train, args.train_split, args)
-    _check_texts(evaluation, args.eval_split, args)
+    _check_texts(train[args.text_column], f"the {args.train_split} split", args.text_column)
+    _check_texts(evaluation[args.text_column], f"the {args.eval_split} split", args.text_column)
     train = _subset(train, args.max_train_samples, seed)
     evaluation = _subset(evaluation, args.max_eval_samples, seed)
     _warn_about_labels(train, evaluation, args, words, value_to_id)
@@ -284,7 +280,7 @@ def load_eval_data(args: DataArguments, tokenizer, label_words: list[str], seed:
     args = dataclasses.replace(args, label_words=list(label_words))
     evaluation = _split(load_raw_dataset(args, evaluation_only=True), args.eval_split, "--eval_split", args)
     words, value_to_id = resolve_label_words(evaluation, evaluation, args)
-    _check_texts(evaluation, args.eval_split, args)
+    _check_texts(evaluation[args.text_column], f"the {args.eval_split} split", args.text_column)
     evaluation = _subset(evaluation, args.max_eval_samples, seed)
     return PreparedData(None, _tokenized(evaluation, _tokenizer_function(args, tokenizer, words, value_to_id), True),
                         words)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -145,8 +146,6 @@ def test_predict_a_file_writes_predictions_beside_a_summary(finished_runs, tmp_p
          "predict-nothing", "predict-missing-file", "predict-not-a-run"],
 )
 def test_mistakes_are_one_error_line(argv, message, finished_runs, tmp_path, capsys):
-    import re
-
     run_dir = finished_runs[("lora", "scratch")]
     before = sorted(path.name for path in run_dir.rglob("*"))
     argv = [item.format(run=run_dir, empty=tmp_path) for item in argv]
@@ -154,3 +153,17 @@ def test_mistakes_are_one_error_line(argv, message, finished_runs, tmp_path, cap
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith("error: ") and re.search(message, error), error
     assert sorted(path.name for path in run_dir.rglob("*")) == before
+
+
+def test_predict_a_file_whose_rows_are_not_all_text_is_one_error_line(finished_runs, tmp_path, capsys):
+    run_dir = finished_runs[("lora", "scratch")]
+    empty_row = tmp_path / "reviews.csv"
+    empty_row.write_text('text\ngreat film\n"   "\n')
+    number_row = tmp_path / "reviews.jsonl"
+    number_row.write_text('{"text": 3}\n{"text": 4}\n')
+    for path, message in ((empty_row, r"1 rows of .*reviews\.csv have an empty 'text' \(the first is row 1"),
+                          (number_row, r"reviews\.jsonl's column 'text' holds int values, not text \(row 0: 3\)")):
+        assert main(["predict", str(run_dir), "--input_file", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and re.search(message, error), error
+        assert not (tmp_path / "out").exists()
