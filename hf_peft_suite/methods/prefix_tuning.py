@@ -66,7 +66,6 @@ from .delta import (
     DeltaConfig,
     DeltaModel,
     attach_base,
-    check_same_architecture,
     delta_config_kwargs,
     register_delta_model,
 )
@@ -228,8 +227,7 @@ class PrefixTuningModel(DeltaModel):
 
     def __init__(self, config: PrefixTuningConfig, base_model=None):
         super().__init__(config, base_model)
-        family = family_of(self.base, "prefix_tuning", "the prefix is shaped after the decoder's attention")
-        num_layers, num_heads, head_dim = family.decoder_attention(self.base.config)
+        num_layers, num_heads, head_dim = decoder_geometry(self.base)
         self.prefix_encoder = PrefixEncoder(config.prefix_num_virtual_tokens, num_layers, num_heads, head_dim,
                                             config.prefix_projection_hidden_size or None)
         self.prefix_encoder.to(self.base.device)
@@ -285,10 +283,6 @@ class PrefixTuningModel(DeltaModel):
 register_delta_model(PrefixTuningConfig, PrefixTuningModel)
 
 
-def checked_options(options: PrefixTuningOptions | None) -> PrefixTuningOptions:
-    return options if options is not None else PrefixTuningOptions()
-
-
 def decoder_geometry(base_model) -> tuple[int, int, int]:
     """``(layers, heads, head_dim)`` of ``base_model``'s decoder; a :class:`UsageError` for unsupported families."""
     family = family_of(base_model, "prefix_tuning", "the prefix is shaped after the decoder's attention")
@@ -305,7 +299,7 @@ def projection_width(options: PrefixTuningOptions, base_model) -> int:
 
 def build_scratch(base_model, options: PrefixTuningOptions | None = None, tokenizer=None) -> PrefixTuningModel:
     """Freeze ``base_model`` and give its decoder a trained prefix."""
-    options = checked_options(options)
+    options = options if options is not None else PrefixTuningOptions()
     decoder_geometry(base_model)
     config = PrefixTuningConfig(
         prefix_num_virtual_tokens=options.prefix_num_virtual_tokens,
@@ -340,7 +334,7 @@ def build_library(base_model, options: PrefixTuningOptions | None = None, tokeni
     """``get_peft_model(base_model, PrefixTuningConfig(...))``, generating as its forward computes."""
     from peft import get_peft_model
 
-    options = checked_options(options)
+    options = options if options is not None else PrefixTuningOptions()
     config = peft_prefix_config(options.prefix_num_virtual_tokens, base_model, projection_width(options, base_model))
     model = get_peft_model(base_model, config)
     average_loss_per_batch(model.get_base_model())  # Trainer reads it from the unwrapped base
@@ -403,7 +397,6 @@ def import_from_peft(directory, base_model=None) -> PrefixTuningModel:
     config = PrefixTuningConfig(prefix_num_virtual_tokens=saved["num_virtual_tokens"],
                                 base_model_name_or_path=saved.get("base_model_name_or_path"))
     base_model = attach_base(config, base_model, delta_source=str(directory))
-    check_same_architecture(config, base_model.config)
     num_layers, num_heads, head_dim = decoder_geometry(base_model)
     expected = (saved["num_virtual_tokens"], num_layers * 2 * num_heads * head_dim)
     if tuple(prefix.shape) != expected or (saved.get("num_layers"), saved.get("token_dim")) != (

@@ -47,9 +47,8 @@ from .base import Method, Recommended
 from .delta import (
     DeltaConfig,
     DeltaModel,
-    check_same_architecture,
+    attach_base,
     delta_config_kwargs,
-    load_base_model,
     register_delta_model,
 )
 from .formats import PEFT_LIBRARY, SCRATCH_DELTA
@@ -389,10 +388,7 @@ def import_from_peft(directory, base_model=None, **base_model_kwargs) -> SoftPro
         tokenizer_name_or_path=peft_config.get("tokenizer_name_or_path"),
         base_model_name_or_path=peft_config.get("base_model_name_or_path"),
     )
-    if base_model is None:
-        base_model = load_base_model(config, delta_source=source, **base_model_kwargs)
-    config.base_model_config = delta_config_kwargs(base_model)["base_model_config"]
-    check_same_architecture(config, base_model.config)
+    base_model = attach_base(config, base_model, delta_source=source, **base_model_kwargs)
     if prompt.shape[1] != base_model.get_input_embeddings().embedding_dim:
         raise UsageError(
             f"{source}: the prompt has dimension {prompt.shape[1]} but the base model's embeddings have "
