@@ -18,15 +18,15 @@ import json
 import shutil
 import sys
 import traceback
-from datetime import datetime
 from pathlib import Path
 
 from .arguments import Sources, collect_sources, parse_sources
-from .errors import UsageError
+from .errors import UsageError, is_main_process
 from .files import ERROR_NAME, RESULTS_NAME
 from .methods import IMPLEMENTATIONS, METHODS, get_method, library_problem
-from .progress import CellCounter, is_main_process
+from .progress import CellCounter
 from .report import write_report
+from .run_folder import timestamp
 
 
 def recommended_settings(method: str) -> dict:
@@ -67,7 +67,7 @@ def run_comparison(argv: list[str]) -> Path:
     from .experiment import run_parsed_experiment
 
     sources = collect_sources(argv)
-    output_dir = Path(sources.setting("output_dir") or f"outputs/compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    output_dir = Path(sources.setting("output_dir") or f"outputs/compare-{timestamp()}")
     seeds = sources.setting("seeds")
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds {' '.join(map(str, seeds))} repeats a seed; give each seed once")

@@ -14,10 +14,15 @@ class UsageError(ValueError):
     """A problem with the user's input (arguments, data, saved files) rather than a bug in this package."""
 
 
+def is_main_process() -> bool:
+    """Whether this is the first of the processes a launcher started (or the only one)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def warn(message: str) -> None:
     """One ``warning:`` line on stderr for what is allowed but likely a mistake; the run goes on.
 
     Printed by the first process only, when several were launched together.
     """
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         print(f"warning: {message}", file=sys.stderr)

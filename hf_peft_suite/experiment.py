@@ -44,6 +44,7 @@ from .errors import UsageError
 from .files import ARTIFACT_FOLDER, BASE_FOLDER, MODEL_WEIGHTS_NAME, PREDICTIONS_NAME, RESULTS_NAME
 from .hub import PushSettings, push_run, push_settings, pushed_files, write_model_card
 from .methods import Method, get_method
+from .metrics import LabelScorer
 from .modeling import count_parameters, load_base_model, load_tokenizer
 from .plots import write_run_figure
 from .progress import attach_console, run_label
@@ -178,7 +179,7 @@ def build(plan: Plan) -> Built:
 
 def check_generation_length(training, tokenizer, label_words: list[str]) -> None:
     """``--generation_max_length`` (total length, the decoder's start token included) must fit every label word."""
-    longest = max(len(tokenizer(text_target=word).input_ids) for word in label_words)
+    longest = LabelScorer(tokenizer, label_words).max_new_tokens
     if training.generation_max_length is not None and training.generation_max_length < longest + 1:
         raise UsageError(
             f"--generation_max_length {training.generation_max_length} is too short for the label words (the longest "

@@ -21,7 +21,6 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RUN_FIGURE_NAME = "learning_curves.png"
 PARAMETERS_FIGURE_NAME = "comparison.png"
 CURVES_FIGURE_NAME = "learning_curves.png"
 PANELS = (("eval_accuracy", "validation accuracy"), ("train_loss", "training loss"), ("eval_loss", "validation loss"))
@@ -218,6 +217,6 @@ def write_run_figure(results: dict, output_dir: Path) -> str:
         return problem
     label = f"{results['method']}/{results['implementation']}"
     curve = curve_from_histories(label, results["method"], results["implementation"], [results["history"]])
-    path = Path(output_dir) / RUN_FIGURE_NAME
+    path = Path(output_dir) / CURVES_FIGURE_NAME
     plot_learning_curves([curve], path, model_title(results, "learning curves"))
     return f"learning curves: {path}"

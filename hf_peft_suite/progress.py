@@ -12,16 +12,10 @@ Only the first process prints; under ``torchrun`` / ``accelerate launch`` the ot
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 from transformers import TrainerCallback
-
-
-def is_main_process() -> bool:
-    """Whether this is the first of the processes a launcher started (or the only one)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def format_duration(seconds: float) -> str:

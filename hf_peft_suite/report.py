@@ -180,11 +180,6 @@ def _run_name(folder: Path, directory: Path, several: bool) -> str:
     return f"{directory.resolve().name}/{relative}" if several else relative
 
 
-def collect_rows(directories: list[str | Path]) -> list[dict]:
-    """Rows for every cell found in ``directories`` (see :func:`collect_cells`)."""
-    return [row_from_cell(cell) for cell in collect_cells(directories)]
-
-
 # ---------------------------------------------------------------------------------------------------- the table
 def _human_size(size: float | None) -> str:
     if size is None:

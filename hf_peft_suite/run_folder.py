@@ -23,6 +23,11 @@ from .weights import first_line
 LAST_CHECKPOINT = ("last", "true")
 
 
+def timestamp() -> str:
+    """The local time as it names a run's default output folder: ``20261129-195424``."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def launched_world_size() -> int:
     """How many processes a launcher (``torchrun``, ``accelerate launch``) started together."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -56,8 +61,7 @@ def prepare_output_dir(training, method: str, implementation: str) -> Path:
     if training.output_dir in (None, "", "trainer_output"):
         if launched_world_size() > 1:
             raise UsageError("give --output_dir when launching several processes, so that all of them write one run")
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        training.output_dir = os.path.join("outputs", f"{method}-{implementation}-{stamp}")
+        training.output_dir = os.path.join("outputs", f"{method}-{implementation}-{timestamp()}")
     output_dir = Path(training.output_dir)
     check_can_create(output_dir, "--output_dir")
     if training.resume_from_checkpoint:

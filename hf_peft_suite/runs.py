@@ -133,6 +133,12 @@ def load_run(output_dir: str | os.PathLike, device: str | None = None) -> Finish
     return FinishedRun(output_dir, results, model, tokenizer)
 
 
+def check_new_folder(output_dir: Path, contents: str) -> None:
+    """Refuse an ``--output_dir`` that already holds files: nothing the user saved is overwritten."""
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise UsageError(f"--output_dir {output_dir} is not empty; give a new folder for {contents}")
+
+
 def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None,
                  per_device_eval_batch_size: int | None = None, bf16: bool = False, **data_overrides) -> dict:
     """Evaluate a finished run, by default on its own evaluation data and settings (from its results.json).
@@ -154,8 +160,8 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     data_arguments = DataArguments(**{**config["data"], **data_overrides})
     batch_size = per_device_eval_batch_size or config["training"]["per_device_eval_batch_size"]
     output_dir = Path(output_dir) if output_dir is not None else None
-    if output_dir is not None and output_dir.is_dir() and any(output_dir.iterdir()):
-        raise UsageError(f"--output_dir {output_dir} is not empty; give a new folder for the evaluation's files")
+    if output_dir is not None:
+        check_new_folder(output_dir, "the evaluation's files")
     args = TrainingArguments(output_dir=str(output_dir or Path(run_dir) / "evaluation"), bf16=bf16,
                              per_device_eval_batch_size=batch_size, use_cpu=not torch.cuda.is_available(),
                              report_to="none", disable_tqdm=True)
@@ -189,8 +195,7 @@ def predict_file(run_dir: str | os.PathLike, input_file: str | os.PathLike, outp
     from .data import read_text_file
 
     output_dir = Path(output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        raise UsageError(f"--output_dir {output_dir} is not empty; give a new folder for the predictions")
+    check_new_folder(output_dir, "the predictions")
     run = load_run(run_dir)
     column = text_column or run.data_arguments.text_column
     texts = read_text_file(input_file, column)

@@ -74,9 +74,10 @@ def module_matches(module_name: str, targets: list[str] | str) -> bool:
     return any(module_name == target or module_name.endswith(f".{target}") for target in targets)
 
 
-def linear_layer_names(model: nn.Module) -> list[str]:
-    """The distinct last components of the names of ``model``'s ``nn.Linear`` layers, LM head included."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+def linear_layer_names(model: nn.Module, exclude: nn.Module | None = None) -> list[str]:
+    """The distinct last components of the names of ``model``'s ``nn.Linear`` layers but ``exclude``."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module is not exclude})
 
 
 def resolve_target_modules(model: nn.Module, targets, method: str, default: str) -> list[str] | str:
@@ -88,13 +89,7 @@ def resolve_target_modules(model: nn.Module, targets, method: str, default: str)
     if targets != [ALL_LINEAR]:
         return targets
     output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and module is not output_embeddings
-        }
-    )
+    return linear_layer_names(model, exclude=output_embeddings)
 
 
 def find_target_modules(model: nn.Module, targets: list[str] | str, option: str, wrapper: type) -> list[str]:
