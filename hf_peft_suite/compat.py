@@ -34,6 +34,21 @@ def apply_4_57_training_flags(args) -> None:
         args.warmup_steps = args.warmup_ratio
 
 
+# Keyword arguments the Auto classes add when they hand loading over to a registered model class's from_pretrained,
+# besides the underscore-prefixed private ones (4.57 and 5.x: ``_from_auto``; 5.x also ``_commit_hash``). A class
+# that loads another model through the Auto classes must not pass them on, since the Auto class adds them again:
+# transformers 5.25 put ``_from_auto`` among the Hub arguments it passes explicitly, so a second copy in ``**kwargs``
+# raises ``TypeError: got multiple values for keyword argument '_from_auto'``.
+AUTO_CLASS_BOOKKEEPING = ("adapter_kwargs", "trust_remote_code", "code_revision")
+
+
+def without_auto_class_bookkeeping(kwargs: dict) -> dict:
+    """``kwargs`` without what the Auto classes add for their own bookkeeping (see ``AUTO_CLASS_BOOKKEEPING``):
+    every underscore-prefixed key (private to transformers, whatever a release adds) and the names listed."""
+    return {key: value for key, value in kwargs.items()
+            if not key.startswith("_") and key not in AUTO_CLASS_BOOKKEEPING}
+
+
 def default_report_to(args) -> None:
     """Report to no tracker unless asked: transformers 4.57's default (``None``) reports to every one installed."""
     if args.report_to is None:

@@ -170,7 +170,7 @@ def build(plan: Plan) -> Built:
     check_tokenizer_fits_model(tokenizer, base)
     if plan.keeps_base:  # the delta names the base saved beside it
         check_same_base_as_resumed_run(plan, base)
-        base.name_or_path = base.config._name_or_path = BASE_FOLDER
+        base.name_or_path = base.config.name_or_path = BASE_FOLDER
     model = plan.method.builder(args.experiment.implementation)(base, args.options, tokenizer)
     if training.resume_from_checkpoint:
         check_resume_checkpoint(plan, model)

@@ -245,8 +245,12 @@ class BottleneckAdapter(nn.Module):
         return x + self.delta(x)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """``A(x) = scaling * up_proj(f(down_proj(x)))``, the adapter's contribution without its residual."""
-        return self.up_proj(self.activation(self.down_proj(x))) * self.scaling
+        """``A(x) = scaling * up_proj(f(down_proj(x)))``, the adapter's contribution without its residual.
+
+        Computed in the adapter's own dtype (fp32 over a half-precision base, as peft keeps its adapters) and returned
+        in the input's: a base loaded with ``dtype=torch.bfloat16`` feeds bf16 hidden states to fp32 weights."""
+        dtype = self.down_proj.weight.dtype
+        return (self.up_proj(self.activation(self.down_proj(x.to(dtype)))) * self.scaling).to(x.dtype)
 
     def apply_to_output(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
         """Forward hook: replace ``module``'s output ``x`` with ``x + A(x)``."""

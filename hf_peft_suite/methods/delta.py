@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
+from ..compat import without_auto_class_bookkeeping
 from ..errors import UsageError
 from ..files import MODEL_WEIGHTS_NAME
 from ..weights import compare_shapes, load_tensors
@@ -142,20 +143,21 @@ class DeltaModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, base_model=None, config=None, **kwargs):
         """Rebuild base + delta from a folder (or Hub repo) written by :meth:`save_pretrained`.
 
-        ``base_model`` supplies the base instead of loading it from ``config.base_model_name_or_path``; other keyword
-        arguments (``dtype``, ``device_map``, ...) go to the base model's ``from_pretrained``.
+        ``base_model`` supplies the base instead of loading it from ``config.base_model_name_or_path``. The keyword
+        arguments are sorted as they apply (:func:`split_loading_kwargs`): ``revision`` and ``subfolder`` locate the
+        delta's own files; the Hub access settings (``cache_dir``, ``local_files_only``, ``token``, ...) apply to the
+        delta and the base alike; the rest (``dtype``, ``device_map``, ...) go to the base model's
+        ``from_pretrained``; what the Auto classes add for their own bookkeeping goes nowhere.
         """
         from transformers.utils import cached_file
 
         source = str(pretrained_model_name_or_path)
-        hub_keys = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder")
-        hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
-        kwargs.pop("trust_remote_code", None)  # a delta never runs remote code; the base is a built-in architecture
+        delta_kwargs, base_kwargs = split_loading_kwargs(kwargs)
         if not isinstance(config, cls.config_class):
-            config = cls.config_class.from_pretrained(source, **hub_kwargs)
-        weights_file = cached_file(source, DELTA_WEIGHTS_NAME, **hub_kwargs)
+            config = cls.config_class.from_pretrained(source, **delta_kwargs)
+        weights_file = cached_file(source, DELTA_WEIGHTS_NAME, **delta_kwargs)
         if base_model is None:
-            base_model = load_base_model(config, delta_source=source, **kwargs)
+            base_model = load_base_model(config, delta_source=source, **base_kwargs)
         model = cls(config, base_model=base_model)
         model.load_delta_file(weights_file)
         model.eval()
@@ -217,13 +219,33 @@ class DeltaModel(PreTrainedModel):
     def prepare_decoder_input_ids_from_labels(self, labels):
         return self.base.prepare_decoder_input_ids_from_labels(labels)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        """Checkpoint the base's activations; inputs must require grad so the frozen base still back-propagates."""
-        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        """Checkpoint the base's activations; inputs must require grad so the frozen base still back-propagates.
+        Other keyword arguments (transformers 5.25's ``every_n_layers``, ``offload``, ...) go to the base as given."""
+        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
         self.base.enable_input_require_grads()
 
     def gradient_checkpointing_disable(self):
         self.base.gradient_checkpointing_disable()
+
+
+# from_pretrained's keyword arguments that locate the delta's own files (its repository, not the base's).
+DELTA_LOCATION_KEYS = ("revision", "subfolder")
+# Hub access settings that hold for the delta's files and the base's alike: the same cache, offline mode, credentials.
+HUB_ACCESS_KEYS = ("cache_dir", "force_download", "local_files_only", "proxies", "token")
+
+
+def split_loading_kwargs(kwargs: dict) -> tuple[dict, dict]:
+    """``from_pretrained``'s keyword arguments, split into those for the delta's files and those for the base's
+    ``from_pretrained``. The Auto classes' own bookkeeping (``_from_auto``, ``trust_remote_code``, ...; see
+    :func:`~hf_peft_suite.compat.without_auto_class_bookkeeping`) is dropped: the base is loaded through the Auto
+    classes again, which add it again (transformers 5.25 raised ``TypeError`` when it came twice), and a delta never
+    runs remote code."""
+    kwargs = without_auto_class_bookkeeping(kwargs)
+    access = {key: kwargs[key] for key in HUB_ACCESS_KEYS if key in kwargs}
+    delta = {**access, **{key: kwargs[key] for key in DELTA_LOCATION_KEYS if key in kwargs}}
+    base = {key: value for key, value in kwargs.items() if key not in DELTA_LOCATION_KEYS}
+    return delta, base
 
 
 def delta_config_kwargs(base_model: PreTrainedModel) -> dict:

@@ -273,7 +273,7 @@ class PrefixTuningModel(DeltaModel):
         finally:
             del base.prepare_inputs_for_generation
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
         raise UsageError(
             "prefix tuning does not work with --gradient_checkpointing: the prefix lives in the decoder's cache, which "
             "recomputed layers would extend twice (peft refuses it too); train without gradient checkpointing"
