@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from .arguments import Sources, collect_sources, parse_sources
+from .compat import start_command
 from .errors import UsageError, is_main_process
 from .files import ERROR_NAME, RESULTS_NAME
 from .methods import IMPLEMENTATIONS, METHODS, get_method, library_problem
@@ -66,6 +67,7 @@ def run_comparison(argv: list[str]) -> Path:
     """Run every cell (see the module docstring); returns the output folder holding the comparison files."""
     from .experiment import run_parsed_experiment
 
+    start_command()
     sources = collect_sources(argv)
     output_dir = Path(sources.setting("output_dir") or f"outputs/compare-{timestamp()}")
     seeds = sources.setting("seeds")

@@ -1,15 +1,95 @@
-"""Every difference between the supported transformers versions (4.57.x, which AdapterHub pins, and 5.x), in one place.
+"""The compatibility contract: the library versions hf_peft_suite is tested with, every difference between them, and
+every library internal the package relies on, in one place.
 
-The rest of the package codes to the API both versions share (``processing_class=``, ``eval_strategy=``,
-``use_cpu=``, ``text_target=``, generation settings on ``generation_config``) and calls these helpers where they
-differ.
+**The tested window** (:data:`TESTED`). CI (``.ci/run``) tests two environments: *full*, with the lowest supported
+version of every dependency pinned (``.ci/lowest.txt``: transformers 4.57.6, which AdapterHub pins, ...) and
+AdapterHub installed, and *latest*, with the newest versions ``setup.cfg`` allows. ``setup.cfg`` caps the libraries
+whose internals the package relies on (transformers, peft, AdapterHub) at the next minor after the newest tested one,
+so a fresh install only gets versions CI has passed; ``.ci/newest`` probes the newest releases, caps ignored, and a
+cap is raised by a commit of its own. ``tests/test_compat.py`` checks that ``setup.cfg``, ``.ci/lowest.txt`` and
+:data:`TESTED` agree. A user who installs a version outside the window anyway gets one ``warning:`` line at the start
+of a run, ``evaluate``, ``predict``, ``report`` and ``push`` (:func:`warn_outside_tested_versions`).
+
+**Differences between the supported versions** (4.57.x and 5.x): the rest of the package codes to the API both share
+(``processing_class=``, ``eval_strategy=``, ``use_cpu=``, ``text_target=``, generation settings on
+``generation_config``) and calls the helpers below where they differ.
+
+**Library internals** (:data:`INTERNALS`): each private or undocumented API the package uses (overridden private
+``Trainer`` methods, peft's prompt and prefix internals, the cache classes, the Auto classes' private keyword
+arguments, AdapterHub's parameter layout, torch's CPU feature checks), with the module that uses it, a check of the
+installed library where one can be made without building a model, and the tests that exercise it. Before training
+(and before ``evaluate`` / ``predict`` load a model) :func:`check_internals` runs the checks: a library that changed
+one stops the command with one ``error:`` line naming the API and the tested versions, instead of a traceback
+mid-run. Internals that live on model instances are reached through the accessors at the end of this module, which
+fail the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 import os
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
+
+from .errors import UsageError, warn
+
+# ------------------------------------------------------------------------------------------- the tested window
+# Distribution -> (lowest tested version, first version not tested). setup.cfg declares ``>=lowest,<cap`` for each,
+# .ci/lowest.txt pins ``==lowest`` in CI's full environment, and CI's latest environment gets the newest below the cap.
+# Raise a cap only after .ci/newest has passed with the new release (a commit of its own that quotes its output).
+TESTED = {
+    "transformers": ("4.57.6", "5.26"),
+    "peft": ("0.18.0", "0.22"),
+    "adapters": ("1.3.0", "1.4"),  # AdapterHub (the `adapters` extra), which itself pins transformers ~=4.57.6
+}
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (``None`` when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def tested_range(distribution: str) -> str:
+    """The tested versions in words: ``4.57.6 to 5.25.x``."""
+    lowest, cap = TESTED[distribution]
+    major, minor = cap.split(".")[:2]
+    return f"{lowest} to {major}.{int(minor) - 1}.x" if int(minor) > 0 else f"{lowest} to below {cap}"
+
+
+def tested_requirement(distribution: str) -> str:
+    """The pip requirement for a tested version: ``transformers>=4.57.6,<5.26``."""
+    lowest, cap = TESTED[distribution]
+    return f"{distribution}>={lowest},<{cap}"
+
+
+def outside_tested_versions() -> list[str]:
+    """``"transformers 5.26.0 (tested: 4.57.6 to 5.25.x)"`` for each installed library outside its tested window."""
+    from packaging.version import Version
+
+    outside = []
+    for distribution, (lowest, cap) in TESTED.items():
+        installed = installed_version(distribution)
+        if installed is not None and not Version(lowest) <= Version(installed) < Version(cap):
+            outside.append(f"{distribution} {installed} (tested: {tested_range(distribution)})")
+    return outside
+
+
+@lru_cache(maxsize=None)
+def warn_outside_tested_versions() -> None:
+    """One ``warning:`` line (once per process) when an installed library is outside the tested window."""
+    outside = outside_tested_versions()
+    if outside:
+        names = [entry.split()[0] for entry in outside]
+        warn(f"hf-peft-suite is not tested with {'; '.join(outside)}; results may differ or a step may fail. "
+             f"For a tested set: pip install {' '.join(repr(tested_requirement(name)) for name in names)}")
 
 # accelerate's settings as the launcher (accelerate launch, or the user's shell) left them when this package was
 # imported; see restore_launcher_environment().
@@ -117,3 +197,316 @@ def restore_launcher_environment() -> None:
         if key not in _LAUNCHER_ENVIRONMENT:
             del os.environ[key]
     os.environ.update(_LAUNCHER_ENVIRONMENT)
+
+
+# ------------------------------------------------------------------------------------------- library internals
+@dataclass(frozen=True)
+class Internal:
+    """One library internal the package relies on.
+
+    Attributes:
+        library: the distribution that owns it (``transformers``, ``peft``, ``adapters``, ``torch``).
+        api: what is relied on, as one would look it up in the library.
+        used_by: the module of this package that uses it, and what for.
+        check: a check of the installed library that needs no model (``None`` when the installed version has it
+            as used, else what differs); ``None`` where only running it can tell (see ``tests``).
+        tests: the tests (``file::function``) that exercise it; ``tests/test_compat.py`` checks that they exist.
+        needed_for: ``"training"`` (runs and ``evaluate``, through Trainer) or ``"loading"`` (every command that
+            loads a model, ``predict`` included).
+    """
+
+    library: str
+    api: str
+    used_by: str
+    check: Callable[[], str | None] | None
+    tests: tuple[str, ...]
+    needed_for: str = "training"
+
+
+def _resolve(dotted: str):
+    """The object at ``module.path:Attribute.chain`` (``None`` when something on the way is missing)."""
+    module_name, _, attributes = dotted.partition(":")
+    try:
+        value = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for attribute in attributes.split(".") if attributes else ():
+        value = getattr(value, attribute, None)
+        if value is None:
+            return None
+    return value
+
+
+def _has(dotted: str, *parameters: str) -> Callable[[], str | None]:
+    """A check that ``dotted`` exists and (for a callable) takes ``parameters``, by name."""
+
+    def check() -> str | None:
+        value = _resolve(dotted)
+        if value is None:
+            return f"{dotted.replace(':', '.')} is missing"
+        if parameters:
+            try:
+                names = set(inspect.signature(value).parameters)
+            except (TypeError, ValueError):
+                return None
+            missing = [name for name in parameters if name not in names]
+            if missing:
+                return f"{dotted.replace(':', '.')} no longer takes {', '.join(missing)}"
+        return None
+
+    return check
+
+
+def _source_mentions(dotted: str, *texts: str) -> Callable[[], str | None]:
+    """A check that the source of ``dotted`` still contains each of ``texts`` (for instance attributes that a
+    library sets inside a method, which no signature shows)."""
+
+    def check() -> str | None:
+        value = _resolve(dotted)
+        if value is None:
+            return f"{dotted.replace(':', '.')} is missing"
+        try:
+            source = inspect.getsource(value)
+        except (OSError, TypeError):
+            return None  # no source to read (a compiled build): only running it can tell
+        missing = [text for text in texts if text not in source]
+        return f"{dotted.replace(':', '.')} no longer uses {', '.join(missing)}" if missing else None
+
+    return check
+
+
+def _all_of(*checks: Callable[[], str | None]) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return next((problem for problem in (check() for check in checks) if problem), None)
+
+    return check
+
+
+def _cache_classes() -> str | None:
+    """The cache API the one-pass evaluation and prefix tuning use: build an encoder-decoder cache from per-layer
+    key/value pairs, read its halves, its length and a layer's keys back."""
+    import torch
+
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    keys = torch.zeros(1, 1, 2, 1)
+    try:
+        cache = EncoderDecoderCache(DynamicCache([(keys, keys)]), DynamicCache([(keys, keys)]))
+        length = cache.self_attention_cache.get_seq_length()
+        layer_keys = cache_layer_keys(cache.cross_attention_cache, 0)
+    except (TypeError, AttributeError, IndexError, ValueError) as error:
+        return f"transformers.cache_utils.EncoderDecoderCache / DynamicCache changed ({type(error).__name__}: {error})"
+    if length != 2 or layer_keys is None or tuple(layer_keys.shape) != (1, 1, 2, 1):
+        return "transformers.cache_utils.DynamicCache no longer keeps per-layer keys as it was given them"
+    return None
+
+
+def _cache_argument_present() -> str | None:
+    from transformers import T5ForConditionalGeneration
+
+    names = inspect.signature(T5ForConditionalGeneration.forward).parameters
+    return None if {"cache", "past_key_values"} & set(names) else "T5's forward takes neither cache nor past_key_values"
+
+
+TRAINER = "transformers.trainer:Trainer"
+SEQ2SEQ_TRAINER = "transformers.trainer_seq2seq:Seq2SeqTrainer"
+INTERNALS: tuple[Internal, ...] = (
+    # ---- transformers: Trainer's private methods that GenerationAccuracyTrainer overrides or calls (trainer.py)
+    Internal("transformers", "Trainer._get_train_sampler(train_dataset)",
+             "trainer.py: --group_by_length batches drawn from (seed, epoch), so a resumed run sees the same batches",
+             _has(f"{TRAINER}._get_train_sampler"), ("test_resume.py::test_length_grouped_order_depends_on_the_seed_and_the_epoch_only", "test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run")),
+    Internal("transformers", "Trainer._get_eval_sampler(eval_dataset)",
+             "trainer.py: evaluation in the dataset's own order, also under --group_by_length",
+             _has(f"{TRAINER}._get_eval_sampler", "eval_dataset"),
+             ("test_distributed.py::test_two_processes_score_every_example_once_as_one_process_does",)),
+    Internal("transformers", "Trainer._save(output_dir, state_dict)",
+             "trainer.py: checkpoints and model/ hold only the trainable weights, in the cell's artifact format",
+             _has(f"{TRAINER}._save", "output_dir", "state_dict"),
+             ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run", "test_methods_train.py::test_peft_artifacts_are_a_small_fraction_of_the_full_model")),
+    Internal("transformers", "Trainer._load_from_checkpoint(resume_from_checkpoint, model)",
+             "trainer.py: resuming loads the cell's own format and refuses a foreign checkpoint with one line",
+             _has(f"{TRAINER}._load_from_checkpoint", "resume_from_checkpoint", "model"),
+             ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run", "test_bad_input.py::test_resume_from_a_corrupted_or_truncated_adapter_file")),
+    Internal("transformers", "Trainer._issue_warnings_after_load(load_result)",
+             "trainer.py: a checkpoint missing trainable weights is refused instead of warned about",
+             _has(f"{TRAINER}._issue_warnings_after_load", "load_result"),
+             ("test_bad_input.py::test_resume_with_another_method_or_other_options",)),
+    Internal("transformers", "Trainer._load_optimizer_and_scheduler(checkpoint)",
+             "trainer.py: damaged optimizer or scheduler state is one error line",
+             _has(f"{TRAINER}._load_optimizer_and_scheduler", "checkpoint"),
+             ("test_bad_input.py::test_resume_never_runs_a_pickle_payload_in_a_checkpoint",)),
+    Internal("transformers", "Trainer._load_rng_state(checkpoint)",
+             "trainer.py: damaged random-number-generator state is one error line",
+             _has(f"{TRAINER}._load_rng_state", "checkpoint"),
+             ("test_bad_input.py::test_resume_never_runs_a_pickle_payload_in_a_checkpoint",)),
+    Internal("transformers", "Trainer.get_batch_samples(epoch_iterator, num_batches, device) (undocumented)",
+             "trainer.py: a run resumed at --max_steps trains no step past it",
+             _has(f"{TRAINER}.get_batch_samples", "epoch_iterator", "num_batches", "device"),
+             ("test_hardening.py::test_a_run_resumed_from_its_last_checkpoint_ends_exactly_where_the_uninterrupted_run_ends",)),
+    Internal("transformers", "Trainer._prepare_inputs(inputs)",
+             "trainer.py: the one-pass prediction step moves its batch as Trainer's own does",
+             _has(f"{TRAINER}._prepare_inputs", "inputs"),
+             ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss",)),
+    Internal("transformers", "Seq2SeqTrainer._gen_kwargs, Trainer.label_smoother / is_fsdp_enabled / "
+             "is_deepspeed_enabled (instance attributes)",
+             "trainer.py: the one-pass prediction step reads evaluate()'s generation settings and falls back to two "
+             "passes under label smoothing, FSDP and DeepSpeed",
+             _all_of(_source_mentions(f"{SEQ2SEQ_TRAINER}.evaluate", "self._gen_kwargs"),
+                     _source_mentions(TRAINER, "self.label_smoother", "self.is_fsdp_enabled",
+                                      "self.is_deepspeed_enabled")),
+             ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss", "test_evaluation.py::test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own")),
+    Internal("transformers", "transformers.trainer_pt_utils.LengthGroupedSampler(..., generator=) and its "
+             "generator attribute",
+             "trainer.py: the epoch-seeded --group_by_length order",
+             _has("transformers.trainer_pt_utils:LengthGroupedSampler", "generator"),
+             ("test_resume.py::test_length_grouped_order_depends_on_the_seed_and_the_epoch_only",)),
+    Internal("transformers", "transformers.trainer.TRAINING_ARGS_NAME, TRAINER_STATE_NAME",
+             "trainer.py, run_folder.py: the files of a checkpoint",
+             _all_of(_has("transformers.trainer:TRAINING_ARGS_NAME"), _has("transformers.trainer:TRAINER_STATE_NAME")),
+             ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run",)),
+    # ---- transformers: models, loading, generation
+    Internal("transformers", "the Auto classes' bookkeeping keyword arguments (_from_auto, trust_remote_code, "
+             "adapter_kwargs, ...) passed to a registered class's from_pretrained",
+             "methods/delta.py: loading a scratch artifact passes none of them on to the base's loader "
+             "(without_auto_class_bookkeeping)",
+             None, ("test_compat.py::test_every_scratch_artifact_loads_through_the_auto_class_with_hub_arguments",),
+             needed_for="loading"),
+    Internal("transformers", "PreTrainedModel.gradient_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)",
+             "methods/delta.py: a scratch model checkpoints its base's activations (5.25 added every_n_layers, ...)",
+             _has("transformers:PreTrainedModel.gradient_checkpointing_enable", "gradient_checkpointing_kwargs"),
+             ("test_compat.py::test_scratch_gradient_checkpointing_takes_what_trainer_passes",)),
+    Internal("transformers", "transformers.cache_utils.EncoderDecoderCache, DynamicCache (per-layer keys and values)",
+             "one_pass.py: the loss pass reuses generate's cross-attention cache; methods/prefix_tuning.py: the "
+             "prefix is the decoder's self-attention cache",
+             _cache_classes, ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss",
+                              "test_prefix_tuning.py::test_same_seed_same_prefix_and_equal_logits_loss_gradients_and_generations"), needed_for="loading"),
+    Internal("transformers", "the forward's cache argument (cache on 5.x, past_key_values on 4.57)",
+             "one_pass.py, methods/prefix_tuning.py (cache_argument)",
+             _cache_argument_present, ("test_prefix_tuning.py::test_same_seed_same_prefix_and_equal_logits_loss_gradients_and_generations",), needed_for="loading"),
+    Internal("transformers", "generate() calling the model's prepare_inputs_for_generation (an instance attribute "
+             "replaces it) with decoder_input_ids and, on 4.57, cache_position",
+             "methods/prefix_tuning.py: the scratch prefix (and the fix of peft's) enters generation's first step",
+             None, ("test_prefix_tuning.py::test_peft_own_generate_disagrees_with_its_forward_which_the_fix_repairs",),
+             needed_for="loading"),
+    Internal("transformers", "Seq2SeqTrainingArguments fields that differ: train_sampling_strategy (5.x) for "
+             "group_by_length, warmup_steps < 1 for warmup_ratio, hub_revision (5.x)",
+             "compat.py (apply_4_57_training_flags, hub_revision)",
+             None, ("test_compat.py::test_the_4_57_spellings_of_group_by_length_and_warmup_ratio_take_effect",)),
+    Internal("transformers", "TrainingArguments writes ACCELERATE_MIXED_PRECISION (and FSDP settings) into the "
+             "environment and reads them back",
+             "compat.py (restore_launcher_environment): a --bf16 run does not make later runs bf16",
+             None, ("test_evaluation.py::test_a_bf16_run_leaves_the_next_run_in_the_same_process_in_float32",)),
+    Internal("transformers", "transformers.hf_argparser.string_to_bool",
+             "arguments.py, cli.py: --verbose read as the parser reads booleans",
+             _has("transformers.hf_argparser:string_to_bool"), ("test_console.py::test_the_early_verbose_lookup_reads_the_flag_as_the_parser_does",)),
+    # ---- peft
+    Internal("peft", "PeftModelForSeq2SeqLM.base_model_prepare_inputs_for_generation, get_prompt(batch_size), "
+             "active_peft_config, and generate() installing prepare_inputs_for_generation on the base",
+             "methods/prefix_tuning.py: fix_peft_prefix_generation makes peft's prefix generate as its forward does",
+             _all_of(_source_mentions("peft:PeftModelForSeq2SeqLM.__init__", "base_model_prepare_inputs_for_generation"),
+                     _has("peft:PeftModel.get_prompt", "batch_size"), _has("peft:PeftModel.active_peft_config")),
+             ("test_prefix_tuning.py::test_peft_own_generate_disagrees_with_its_forward_which_the_fix_repairs",)),
+    Internal("peft", "PeftModel.prompt_encoder[adapter].embedding (prompt tuning's prompt)",
+             "methods/prompt_tuning.py: --prompt_init text in the library cell (peft_prompt_embedding)",
+             _source_mentions("peft:PeftModel._setup_prompt_encoder", "self.prompt_encoder"),
+             ("test_prompt_tuning.py::test_text_init_matches_peft_loading_the_tokenizer_by_name",)),
+    Internal("peft", "peft's seq2seq prefix layout (num_transformer_submodules=2: 4 L rows, which reach which layer)",
+             "methods/prefix_tuning.py: peft_layer_rows, so the scratch prefix is peft's",
+             None, ("test_prefix_tuning.py::test_peft_seq2seq_layout_feeds_half_the_rows_and_both_implementations_follow_it",)),
+    Internal("peft", "peft.get_peft_model_state_dict(model, save_embedding_layers=...)",
+             "methods/formats.py: a peft checkpoint is checked against the model before it is loaded",
+             _has("peft:get_peft_model_state_dict", "save_embedding_layers"),
+             ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run",)),
+    Internal("peft", "peft's adapter file layout (adapter_config.json fields, tensor names such as "
+             "base_model.model.<module>.lora_A.weight, lora_magnitude_vector, ia3_l, prompt_embeddings)",
+             "methods/peft_files.py and each method's export_to_peft / import_from_peft",
+             None, ("test_lora.py::test_export_to_peft_loads_with_peft_from_pretrained",
+                    "test_ia3.py::test_export_to_peft_loads_with_peft_and_imports_back",
+                    "test_prompt_tuning.py::test_import_from_peft_restores_a_library_trained_prompt")),
+    Internal("peft", "peft.utils.constants TRANSFORMERS_MODELS_TO_{LORA,IA3}_TARGET_MODULES_MAPPING and "
+             "TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING",
+             "methods/architectures.py mirrors them, so default targets are peft's",
+             None, ("test_families.py::test_default_targets_are_peft_defaults_on_every_family",)),
+    Internal("peft", "IA3Model._check_target_module_feedforward (feed-forward modules must be among the targets: "
+             "fullmatch for an expression, suffix match for names)",
+             "methods/ia3.py mirrors the rule, so both implementations accept and refuse the same options",
+             _has("peft.tuners.ia3.model:IA3Model._check_target_module_feedforward"),
+             ("test_ia3.py::test_scratch_and_peft_give_the_same_logits_loss_gradients_and_generations",
+              "test_bad_input.py::test_bad_arguments")),
+    # ---- AdapterHub
+    Internal("adapters", "AdapterHub's parameter layout in T5 and BART (<sublayer>.adapters.<name>.adapter_down.0, "
+             "adapter_up; attention_adapters / output_adapters) and its bottleneck equations",
+             "methods/adapter.py: the scratch adapters equal AdapterHub's and convert to and from its files",
+             None, ("test_adapter.py::test_scratch_equals_adapterhub_in_logits_loss_gradients_and_generations",
+                    "test_adapter.py::test_adapterhub_adapter_imports_into_scratch")),
+    Internal("adapters", "model.adapters_config.get(name).to_dict()",
+             "methods/adapter.py: an AdapterHub checkpoint is checked against the model's adapter",
+             _has("adapters:ModelAdaptersConfig.get"), ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run",)),
+    # ---- the standard library
+    Internal("python", "argparse.ArgumentParser._actions",
+             "arguments.py: parse_flags reads only the flags a command line gives, and --help lists them",
+             _source_mentions("argparse:_ActionsContainer.__init__", "self._actions"),
+             ("test_experiment.py::test_flags_override_json_config_which_overrides_preset",)),
+    # ---- torch
+    Internal("torch", "torch.cpu._is_avx512_bf16_supported, torch.cpu._is_amx_tile_supported",
+             "compat.py (cpu_bf16_problem): --bf16 on a CPU without bf16 instructions is refused; when they are "
+             "missing the answer is unknown and bf16 is allowed",
+             None, ("test_evaluation.py::test_bf16_on_a_cpu_without_bf16_instructions_is_refused",)),
+)
+
+
+def internal_problems(library: str, needed_for: tuple[str, ...] = ("training", "loading")) -> list[str]:
+    """What the installed ``library`` changed among the internals the package relies on (for those purposes)."""
+    return [f"{problem} (used by {internal.used_by.split(':')[0]})"
+            for internal in INTERNALS
+            if internal.library == library and internal.needed_for in needed_for and internal.check is not None
+            for problem in [internal.check()] if problem]
+
+
+def check_internals(library: str = "transformers", needed_for: tuple[str, ...] = ("training", "loading")) -> None:
+    """Raise a :class:`UsageError` (one line: the API, the installed and the tested versions) when the installed
+    ``library`` lacks an internal the package relies on; run before anything is trained or written."""
+    problems = internal_problems(library, needed_for)
+    if problems:
+        raise UsageError(incompatible(library, problems[0]))
+
+
+def incompatible(library: str, problem: str) -> str:
+    """The one-line message for an internal that ``library`` changed."""
+    installed = installed_version(library) or "(unknown version)"
+    window = f"tested: {tested_range(library)}; pip install '{tested_requirement(library)}'" if library in TESTED \
+        else "install the version the package was tested with"
+    return f"{library} {installed} is not compatible with hf-peft-suite: {problem} ({window})"
+
+
+def start_command(needed_for: tuple[str, ...] = ("training", "loading")) -> None:
+    """What every command does first: warn once about versions outside the tested window, then check transformers'
+    internals for ``needed_for`` (nothing for ``report`` and ``push``, which load no model)."""
+    warn_outside_tested_versions()
+    if needed_for:
+        check_internals("transformers", needed_for)
+
+
+# ------------------------------------------------------------------------ accessors for instance-level internals
+def peft_prompt_embedding(model):
+    """The trainable prompt of a peft prompt-tuning model (``prompt_encoder[adapter].embedding``), an ``nn.Embedding``."""
+    try:
+        return model.prompt_encoder[model.active_adapter].embedding
+    except (AttributeError, KeyError, TypeError) as error:
+        raise UsageError(incompatible("peft", f"PeftModel.prompt_encoder[adapter].embedding is gone ({error})")) from None
+
+
+def peft_prefix_generation_hooks(model):
+    """``(base_model_prepare_inputs_for_generation, get_prompt, num_virtual_tokens)`` of a peft prefix-tuning model."""
+    try:
+        return (model.base_model_prepare_inputs_for_generation, model.get_prompt,
+                model.active_peft_config.num_virtual_tokens)
+    except AttributeError as error:
+        raise UsageError(incompatible("peft", f"PeftModelForSeq2SeqLM's generation hooks changed ({error})")) from None
+
+
+def cache_layer_keys(cache, layer: int):
+    """The keys of ``layer`` in a ``DynamicCache``: ``cache.layers[i].keys`` on 5.x, ``cache.key_cache[i]`` on 4.57."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys
+    return cache.key_cache[layer]

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from .arguments import ParsedArguments, parse_arguments
+from .compat import start_command
 from .data import PreparedData, load_data
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, BASE_FOLDER, MODEL_WEIGHTS_NAME, PREDICTIONS_NAME, RESULTS_NAME
@@ -116,6 +117,7 @@ class Plan:
 def prepare(args: ParsedArguments) -> Plan:
     """Check what can be checked before loading anything: the method, the output folder, the push settings."""
     experiment, training = args.experiment, args.training
+    start_command()  # a library outside the tested versions: one warning; a changed internal: one error line
     if experiment.seeds is not None:
         raise UsageError("--seeds repeats every cell of --method all over several seeds; for one run give --seed N")
     method = get_method(experiment.method)

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compat import hub_revision
+from .compat import hub_revision, start_command
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, MODEL_CARD_NAME, RESULTS_NAME
 from .methods import get_method
@@ -298,6 +298,7 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str | None = None, token
                 private: bool | None = None, revision: str | None = None) -> dict:
     """Push a finished run (``hf-peft-suite push OUTPUT_DIR``): see :func:`push_run`. ``repo_id`` defaults to the
     folder's name; the push is recorded under ``"hub"`` in its ``results.json``."""
+    start_command(needed_for=())
     repo_id = repo_id or Path(output_dir).absolute().name
     check_repo_id(repo_id)
     record = push_run(output_dir, PushSettings(repo_id, hub_token(token), private, revision))

@@ -26,6 +26,8 @@ import torch
 from torch.nn import functional
 from transformers.modeling_outputs import BaseModelOutput
 
+from .compat import cache_layer_keys
+
 # peft tuners that change the encoder's input embeddings before generate() reaches the base model
 PEFT_INPUT_PROMPTS = ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
 
@@ -88,8 +90,7 @@ def reusable_cross_attention(generate_output, batch_size: int):
     cross = getattr(cache, "cross_attention_cache", None)
     if cross is None or cross.get_seq_length() == 0:
         return None
-    keys = cross.layers[0].keys if hasattr(cross, "layers") else cross.key_cache[0]
-    if keys.shape[0] != batch_size:
+    if cache_layer_keys(cross, 0).shape[0] != batch_size:
         return None
     return EncoderDecoderCache(DynamicCache(), cross)
 

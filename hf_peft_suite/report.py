@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .compat import start_command
 from .errors import UsageError
 from .files import ERROR_NAME, RESULTS_NAME
 from .plots import (
@@ -254,6 +255,7 @@ def write_report(directories: list[str | Path], output_dir: str | Path | None = 
                  notices: list[str] | None = None) -> dict[str, Path]:
     """Write comparison.{md,csv,json} and the figures (comparison.png, learning_curves.png) into ``output_dir``
     (default: the first directory); return their paths. Why there are no figures, if so, is appended to ``notices``."""
+    start_command(needed_for=())
     cells = collect_cells(directories)
     rows = [row_from_cell(cell) for cell in cells]
     output_dir = Path(output_dir or directories[0])

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .arguments import DataArguments, TrainingArguments
+from .compat import start_command
 from .data import load_eval_data, prepare_texts
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, BASE_FOLDER, PREDICTIONS_NAME, RESULTS_NAME
@@ -110,6 +111,7 @@ def load_run(output_dir: str | os.PathLike, device: str | None = None) -> Finish
     from .modeling import load_base_model, loading_errors
     from .quiet import library_output
 
+    start_command(needed_for=("loading",))
     output_dir = Path(output_dir)
     results = read_run_results(output_dir)
     artifact_dir, base_dir = output_dir / ARTIFACT_FOLDER, output_dir / BASE_FOLDER
@@ -155,6 +157,7 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     from .run_folder import check_launch, write_predictions
     from .trainer import GenerationAccuracyTrainer
 
+    start_command()
     run_results = read_run_results(run_dir)
     config = run_results["config"]
     data_arguments = DataArguments(**{**config["data"], **data_overrides})

@@ -70,11 +70,15 @@ def test_two_processes_score_every_example_once_as_one_process_does(launcher, me
 
 
 def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path):
-    """Without --use_cpu on a machine without GPUs, torchrun's processes form no group: each would train alone."""
+    """Without --use_cpu on a machine without GPUs, torchrun's processes form no group with newer accelerate releases
+    (each would train alone and overwrite the others' files): refused, one line per process, nothing written. The
+    lowest supported accelerate (1.3) forms a gloo group there anyway: then they train together, as one run."""
     output_dir = tmp_path / "run"
     result = run_cli("--preset", "tiny", "--use_cpu", "false", "--max_steps", "2", "--output_dir", output_dir,
                      launcher=TORCHRUN)
-    assert result.returncode != 0
+    if result.returncode == 0:  # one group of 2 processes: one run, trained together
+        assert json.loads((output_dir / "results.json").read_text())["world_size"] == WORLD_SIZE
+        return
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert 1 <= len(errors) <= WORLD_SIZE  # one line per process (torchrun may stop the other before it prints)
     assert all(re.fullmatch(r"error: 2 processes were launched \(WORLD_SIZE=2\) but each trains alone \(world size "

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..compat import incompatible, internal_problems
 from ..errors import UsageError
 from .formats import ArtifactFormat
 
@@ -123,4 +124,6 @@ def library_problem(method: Method) -> str | None:
             f"to import ({type(error).__name__}: {error}); install a compatible set with: "
             f"{method.library_install_hint}"
         )
-    return None
+    problems = internal_problems(method.library_module)
+    return f"--method {method.name} --implementation library: {incompatible(method.library_module, problems[0])}" \
+        if problems else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from ..compat import tested_requirement
 from ..errors import UsageError
 from ..files import MODEL_CONFIG_NAME, MODEL_WEIGHTS_INDEX_NAME, MODEL_WEIGHTS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from ..weights import check_saved_config, compare_shapes, tensor_shapes
@@ -99,4 +100,4 @@ PEFT_ADAPTER = PeftAdapterFormat()
 
 # The library side every peft-backed method shares (``Method(..., **PEFT_LIBRARY)``): the format, module, install hint.
 PEFT_LIBRARY = {"library_format": PEFT_ADAPTER, "library_module": "peft",
-                "library_install_hint": "pip install 'peft>=0.17'"}
+                "library_install_hint": f"pip install '{tested_requirement('peft')}'"}

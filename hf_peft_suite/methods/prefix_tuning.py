@@ -58,7 +58,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..compat import average_loss_per_batch, cache_argument
+from ..compat import average_loss_per_batch, cache_argument, peft_prefix_generation_hooks
 from ..errors import UsageError
 from .architectures import family_of
 from .base import Method, Recommended
@@ -198,9 +198,9 @@ def fix_peft_prefix_generation(model) -> None:
     config = model.active_peft_config
     if str(getattr(config.peft_type, "value", config.peft_type)) != "PREFIX_TUNING":
         return
+    prepare, get_prompt, num_virtual_tokens = peft_prefix_generation_hooks(model)
     model.prepare_inputs_for_generation = functools.partial(
-        prefixed_generation_inputs, model.base_model_prepare_inputs_for_generation, model.get_prompt,
-        config.num_virtual_tokens, cache_argument(model.get_base_model()),
+        prefixed_generation_inputs, prepare, get_prompt, num_virtual_tokens, cache_argument(model.get_base_model()),
     )
 
 

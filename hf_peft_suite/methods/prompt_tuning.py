@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..compat import average_loss_per_batch
+from ..compat import average_loss_per_batch, peft_prompt_embedding
 from ..errors import UsageError
 from ..files import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from ..weights import load_tensors
@@ -306,7 +306,7 @@ def build_peft_prompt_tuning(base_model, options: PromptTuningOptions | None = N
     average_loss_per_batch(model.get_base_model())  # Trainer reads it from the unwrapped base
     if options.prompt_init == "text":
         token_ids = torch.tensor(text_token_ids(tokenizer, options.prompt_init_text, options.num_virtual_tokens))
-        init_prompt_from_token_ids(model.prompt_encoder["default"].embedding.weight, model.word_embeddings, token_ids)
+        init_prompt_from_token_ids(peft_prompt_embedding(model).weight, model.get_input_embeddings(), token_ids)
         for name, value in peft_init_fields("text", options.prompt_init_text, tokenizer.name_or_path).items():
             setattr(config, name, value)
     return model
