@@ -32,6 +32,7 @@ from transformers.hf_argparser import string_to_bool
 from .compat import apply_4_57_training_flags, cpu_bf16_problem, default_report_to, restore_launcher_environment
 from .errors import UsageError
 from .methods import IMPLEMENTATIONS, METHODS
+from .task import InputTemplate, label_map_pairs
 
 PER_METHOD_KEY = "per_method"
 
@@ -70,12 +71,26 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="test", metadata={"help": "Split to evaluate on (IMDB has no validation split)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
+    input_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "The input built from several columns, each named in braces: 'rte sentence1: {sentence1} "
+            "sentence2: {sentence2}'. Cleaning applies to each column; truncation shortens the columns, longest "
+            "first, never the template's own words. Replaces --text_column."
+        },
+    )
+    source_prefix: str | None = field(
+        default=None,
+        metadata={"help": "Text put before --text_column, never truncated: 'sst2 sentence: ' (T5's task prefixes)."},
+    )
     label_column: str = field(default="label", metadata={"help": "Column holding the class (id or string)."})
     label_words: list[str] | None = field(
         default=None,
         metadata={
-            "help": "The word the model writes for each class, in class-id order (default: the ClassLabel names "
-            "through the verbalizer neg->negative, pos->positive, or the string labels themselves)."
+            "help": "The word the model writes for each class: VALUE=WORD pairs ('Negative=negative "
+            "Positive=positive', '0=no 1=yes', a ClassLabel's names: 'entailment=yes not_entailment=no'), or the "
+            "words alone in class-id order (default: the ClassLabel names through the verbalizer neg->negative, "
+            "pos->positive, or the string labels themselves)."
         },
     )
     clean_text: bool = field(
@@ -91,6 +106,15 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if self.input_template is not None and self.source_prefix is not None:
+            raise UsageError(
+                "give --input_template or --source_prefix, not both; put the prefix at the start of the template: "
+                f"--input_template '{self.source_prefix}{{{self.text_column}}}'"
+            )
+        if self.input_template is not None:
+            InputTemplate.parse(self.input_template)  # its syntax now; its columns once the data is loaded
+        if self.label_words is not None:
+            label_map_pairs(self.label_words)  # the form now; the values once the data is loaded
         if self.max_source_length <= 0:
             raise UsageError(f"--max_source_length must be a positive number of tokens, not {self.max_source_length}")
         for name in ("max_train_samples", "max_eval_samples"):

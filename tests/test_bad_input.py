@@ -223,7 +223,8 @@ def test_a_truncated_model_file_is_refused(tmp_path, capsys):
         (None, ["--eval_split", "validation"], r"no split 'validation'.*--eval_split"),
         (None, ["--label_words", "negative", "zzzunknownzzz"], r"does not survive this tokenizer"),
         ((ROWS + [{"text": "dull plot", "label": "mixed"}], ROWS), ["--label_words", "negative", "positive"],
-         r"labels \['mixed'\] in column 'label' have no label word.*add them to --label_words or fix the data"),
+         r"labels \['mixed'\] in column 'label' have no label word.*add them to --label_words, map each label value "
+         r"to its word \(--label_words mixed=WORD negative=negative positive=positive\), or fix the data"),
         ((ROWS, []), [], r"(the test split is empty|cannot read)"),
         ((ROWS + [{"text": " ", "label": "positive"}], ROWS), [], r"1 rows of the train split have an empty 'text'"),
     ],
