@@ -219,9 +219,11 @@ def predict_main(argv: list[str]) -> int:
 
     parser = _SubcommandParser(prog="hf-peft-suite predict", description=predict_main.__doc__)
     parser.add_argument("run_dir", help="the --output_dir of a finished run")
-    parser.add_argument("texts", nargs="*", help="texts to label (cleaned and truncated as in training)")
-    parser.add_argument("--input_file", default=None, help="a csv/jsonl/parquet file of texts to label")
-    parser.add_argument("--text_column", default=None, help="its column of texts (default: the run's text column)")
+    parser.add_argument("texts", nargs="*", help="texts to label (cleaned, put into the run's input template and "
+                        "truncated as in training; a template of several columns needs --input_file)")
+    parser.add_argument("--input_file", default=None, help="a csv/jsonl/parquet file with the columns the run reads")
+    parser.add_argument("--text_column", default=None, help="its column of texts (default: the run's text column, or "
+                        "the one column of its input template)")
     parser.add_argument("--output_dir", default=None, help="where --input_file's predictions.jsonl and summary.json go")
     parser.add_argument("--batch_size", type=int, default=32, help="texts per generate call")
     options = parser.parse_args(argv)

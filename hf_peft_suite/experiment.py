@@ -12,8 +12,9 @@
 
 What ``output_dir`` holds afterwards:
 
-- ``results.json``: the full configuration, per-epoch train loss and eval metrics, best accuracy and its epoch,
-  parameter counts, runtimes and throughput, peak memory, artifact size, library versions;
+- ``results.json``: the full configuration, the task (``input_template``, ``label_map``), per-epoch train loss and
+  eval metrics, best accuracy and its epoch, parameter counts, runtimes and throughput, peak memory, artifact size,
+  library versions;
 - ``model/``: the trained artifact (the whole model for full fine-tuning; only the delta and its config for PEFT
   methods), the tokenizer and a model card (``README.md``);
 - ``eval_predictions.json``: the class id generated for each evaluation example in the last evaluation (-1: no label
@@ -327,6 +328,8 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
         "dataset_name": args.data.dataset_name,
         "random_init": plan.random_base,
         "label_words": data.label_words,
+        "input_template": data.input_template,
+        "label_map": data.label_map,
         "max_new_tokens": trainer.max_new_tokens,
         "num_train_examples": len(data.train_dataset),
         "num_eval_examples": len(data.eval_dataset),

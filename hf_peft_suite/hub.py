@@ -32,6 +32,7 @@ from .errors import UsageError
 from .files import ARTIFACT_FOLDER, MODEL_CARD_NAME, RESULTS_NAME
 from .methods import get_method
 from .run_folder import write_results
+from .task import InputTemplate, task_text
 from .tiny import TINY_MODEL_NAME
 from .weights import first_line
 
@@ -162,11 +163,22 @@ def loading_code(results: dict, repo_id: str) -> str:
     lines += [
         tokenizer_loading_line(results),
         "",
-        'inputs = tokenizer(["a wonderful and moving film"], return_tensors="pt")  # cleaned as in training',
+        f"inputs = tokenizer([{json.dumps(example_input(results), ensure_ascii=False)}], return_tensors=\"pt\")  "
+        "# cleaned as in training",
         f"output = model.generate(**inputs, max_new_tokens={results['max_new_tokens']})",
         f"print(tokenizer.batch_decode(output, skip_special_tokens=True))  # one of {words}",
     ]
     return "\n".join(lines)
+
+
+def example_input(results: dict) -> str:
+    """An input as the run's model reads it: a review, in the run's input template where it has one (a run from
+    before templates has none); ``<column>`` stands for each column but the first of a one-column template."""
+    template = results.get("input_template")
+    if not template:
+        return "a wonderful and moving film"
+    parsed = InputTemplate.parse(template)
+    return parsed.example({parsed.columns[0]: "a wonderful and moving film"} if len(parsed.columns) == 1 else None)
 
 
 def library_of(results: dict) -> str | None:
@@ -186,7 +198,7 @@ def _card_metadata(results: dict, library: str | None) -> list[str]:
         "---",
         f"library_name: {LIBRARY_NAMES.get(library, 'transformers')}",
         "pipeline_tag: text2text-generation",
-        f"tags: [hf_peft_suite, {results['method']}, {results['implementation']}, sentiment-analysis]",
+        f"tags: [hf_peft_suite, {results['method']}, {results['implementation']}, text-classification]",
     ]
     if _is_hub_id(results["model_name_or_path"]) and not results.get("random_init"):
         metadata.append(f"base_model: {results['model_name_or_path']}")
@@ -209,7 +221,9 @@ def _card_table(results: dict, library: str | None) -> list[str]:
         ("base model", f"`{results['model_name_or_path']}`" + (" (random weights)" if results.get("random_init") else "")),
         ("dataset", f"`{results['dataset_name']}` ({results['num_train_examples']:,} training, "
                     f"{results['num_eval_examples']:,} evaluation examples)"),
-        ("label words", ", ".join(f"`{word}`" for word in results["label_words"])),
+        *([("input", f"`{results['input_template']}`")] if results.get("input_template") else []),
+        ("label words", task_text(None, results["label_map"]).removeprefix("labels ") if results.get("label_map")
+         else ", ".join(f"`{word}`" for word in results["label_words"])),
         ("trainable parameters", f"{parameters['trainable']:,} of {parameters['total']:,} "
                                  f"({parameters['trainable_percent']:.4f}%)"),
         ("accuracy (final)", _metric(final.get("eval_accuracy"))),
@@ -228,15 +242,19 @@ def model_card(results: dict, repo_id: str, source: str | None = None) -> str:
     library = library_of(results)
     data = results["config"]["data"]
     versions = ", ".join(f"{name} {version}" for name, version in results["versions"].items() if version)
-    cleaning = "Reviews were lowercased with `<br />` removed before training" if data.get("clean_text", True) \
-        else "Reviews were used as they are"
+    template = results.get("input_template")
+    texts = "Each column" if template and len(InputTemplate.parse(template).columns) > 1 else "Each text"
+    cleaning = f"{texts} was lowercased with `<br />` removed" if data.get("clean_text", True) \
+        else f"{texts} was used as it is"
+    cleaning += f", put into the input template `{template}`," if template else ""
+    cleaning += " before training"
     return "\n".join([
         *_card_metadata(results, library),
         "",
         f"# {repo_id}",
         "",
-        f"T5 fine-tuned for sentiment as text-to-text with **{results['method']}** ({results['implementation']} "
-        f"implementation) by hf_peft_suite: the model reads a review and writes its label word. Metrics are "
+        f"T5 fine-tuned for classification as text-to-text with **{results['method']}** ({results['implementation']} "
+        f"implementation) by hf_peft_suite: the model reads a text and writes its label word. Metrics are "
         f"the accuracy of the *generated* words on the evaluation split.",
         "",
         *_card_table(results, library),

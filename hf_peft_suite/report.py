@@ -30,6 +30,7 @@ from .plots import (
     plot_learning_curves,
 )
 from .plots import METHOD_ORDER as PLOTTED_METHOD_ORDER
+from .task import task_text
 
 SEED_FOLDER = re.compile(r"seed-(-?\d+)")
 COLUMNS = [
@@ -125,6 +126,8 @@ def row_from_cell(cell: Cell) -> dict:
         peak_memory_kind=first.get("peak_memory_kind"),
         artifact_size_bytes=first.get("artifact_size_bytes"),
         model_name_or_path=first.get("model_name_or_path"),
+        input_template=first.get("input_template"),  # None: a run from before templates (it read its text column)
+        label_map=first.get("label_map"),
         random_init=first.get("random_init"),
         status="ok" if not cell.problems else f"{len(cell.results)}/{len(cell.results) + len(cell.problems)} seeds",
         error="; ".join(f"seed {p.get('seed')}: {p['error']}" for p in cell.problems) or None,
@@ -217,10 +220,23 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         if row["error"]:
             lines.append(f"\n{row['method']} / {row['implementation']} {row['status']}: {row['error']}")
+    lines += _task_lines(rows)
     if any(len(row["seeds"]) > 1 for row in rows):
         lines.append("\nWith several seeds: the mean ± the sample standard deviation over them (figures of each seed: "
                      "comparison.json, per_seed).")
     return "\n".join(lines) + "\n"
+
+
+def _task_lines(rows: list[dict]) -> list[str]:
+    """What the runs read and wrote (their input template and label map), once if they share it, else per run;
+    nothing for runs from before templates, which recorded neither."""
+    tasks = {row["run"]: task_text(row.get("input_template"), row.get("label_map")) for row in rows
+             if row.get("input_template")}
+    if not tasks:
+        return []
+    if len(set(tasks.values())) == 1:
+        return [f"\nTask: {next(iter(tasks.values()))}."]
+    return ["\nTasks differ between runs:", *[f"- {run}: {text}" for run, text in tasks.items()]]
 
 
 # --------------------------------------------------------------------------------------------------- writing

@@ -10,8 +10,11 @@
     metrics = hf_peft_suite.evaluate_run("outputs/lora", output_dir="outputs/lora-eval")   # its own evaluation data
 
 The command line does the same: ``hf-peft-suite evaluate RUN_DIR`` and ``hf-peft-suite predict RUN_DIR TEXT ...``
-(:mod:`hf_peft_suite.cli`). Texts are cleaned and truncated as the run's training data was; generation writes at most
-as many tokens as the longest label word needs, and any output that is no label word counts as invalid.
+(:mod:`hf_peft_suite.cli`). Texts are cleaned, put into the run's input template (its ``--source_prefix`` or
+``--input_template``) and truncated as the run's training data was; a run whose template names several columns takes
+each example as a dict of them (``run.predict([{"sentence1": ..., "sentence2": ...}])``). Generation writes at most
+as many tokens as the longest label word needs, and any output that is no label word counts as invalid. Runs written
+before templates and label maps existed have neither in their results.json and read their ``text_column`` alone.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import torch
 
 from .arguments import DataArguments, TrainingArguments
 from .compat import start_command
-from .data import load_eval_data, prepare_texts
+from .data import encode_inputs, input_template, load_eval_data
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, BASE_FOLDER, PREDICTIONS_NAME, RESULTS_NAME
 from .metrics import LabelScorer
+from .task import InputTemplate
 from .weights import first_line
 
 EVAL_RESULTS_NAME = "eval_results.json"
@@ -38,9 +42,11 @@ SUMMARY_NAME = "summary.json"
 
 @dataclass
 class Prediction:
-    """What the model wrote for one text: the label word (``None`` when the output is no label word) and the output."""
+    """What the model wrote for one example: the label word (``None`` when the output is no label word) and the output.
 
-    text: str
+    ``text`` is the example as given: a text, or a dict of the columns of the run's input template."""
+
+    text: str | dict[str, str]
     label: str | None
     output: str
 
@@ -56,6 +62,7 @@ class FinishedRun:
         self.output_dir, self.results, self.model, self.tokenizer = output_dir, results, model, tokenizer
         self.label_words: list[str] = list(results["label_words"])
         self.data_arguments = DataArguments(**results["config"]["data"])
+        self.input_template = input_template(self.data_arguments)
         self.scorer = LabelScorer(tokenizer, self.label_words)
 
     @property
@@ -67,21 +74,47 @@ class FinishedRun:
         return self.results["implementation"]
 
     @torch.no_grad()
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
-        """The label word generated for each text (cleaned and truncated as in training), in order."""
-        if isinstance(texts, str):
+    def predict(self, texts: list[str] | list[dict[str, str]], batch_size: int = 32) -> list[Prediction]:
+        """The label word generated for each example (cleaned, put into the run's input template and truncated as in
+        training), in order. An example is a text, or a dict of the template's columns (needed where it has several).
+        """
+        from transformers import DataCollatorWithPadding
+
+        if isinstance(texts, (str, dict)):
             texts = [texts]
+        rows = self._rows(list(texts))
+        pad = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
         predictions = []
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start:start + batch_size])
-            inputs = self.tokenizer(prepare_texts(batch, self.data_arguments), padding=True, truncation=True,
-                                    max_length=self.data_arguments.max_source_length, return_tensors="pt")
-            inputs = {key: value.to(self.device) for key, value in inputs.items() if key in ("input_ids", "attention_mask")}
+            columns = {column: values[start:start + batch_size] for column, values in rows.items()}
+            encoded = encode_inputs(columns, self.data_arguments, self.tokenizer, self.input_template)
+            inputs = pad([{"input_ids": ids, "attention_mask": mask}
+                          for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])])
+            inputs = {key: value.to(self.device) for key, value in inputs.items()}
             generated = self.model.generate(**inputs, max_new_tokens=self.scorer.max_new_tokens)
             outputs = [text.strip() for text in self.scorer.decode(generated.cpu())]
             predictions += [Prediction(text, output if output in self.label_words else None, output)
                             for text, output in zip(batch, outputs)]
         return predictions
+
+    def _rows(self, examples: list) -> dict[str, list[str]]:
+        """The template's columns of ``examples`` (texts, or dicts of columns), column by column."""
+        columns = self.input_template.columns
+        if all(isinstance(example, str) for example in examples) and len(columns) == 1:
+            return {columns[0]: examples}
+        if not all(isinstance(example, dict) for example in examples):
+            raise UsageError(
+                f"this run reads {len(columns)} columns through its input template {self.input_template.text!r}: give "
+                f"each example as a dict of {', '.join(columns)} (from the command line: predict RUN_DIR --input_file "
+                f"FILE, a csv/jsonl/parquet file with those columns)" if len(columns) > 1 else
+                f"give each example as a text, or as a dict holding its {columns[0]!r}"
+            )
+        missing = sorted({column for example in examples for column in columns if column not in example})
+        if missing:
+            raise UsageError(f"examples lack {', '.join(map(repr, missing))}: this run's input template "
+                             f"{self.input_template.text!r} needs each of {', '.join(columns)}")
+        return {column: [example[column] for example in examples] for column in columns}
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +179,8 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     """Evaluate a finished run, by default on its own evaluation data and settings (from its results.json).
 
     ``data_overrides`` are :class:`DataArguments` fields (``dataset_name``, ``eval_file``, ``text_column``,
-    ``label_column``, ``max_eval_samples``, ...). With ``output_dir``, ``eval_results.json`` and
+    ``label_column``, ``label_words``, ``input_template``, ``max_eval_samples``, ...): the run's input template and
+    label map apply unless they are given (``text_column`` renames the one column of a one-column template). With ``output_dir``, ``eval_results.json`` and
     ``eval_predictions.json`` are written there (by process 0 under ``torchrun`` / ``accelerate launch``).
     Returns the metrics: ``eval_accuracy``, ``eval_macro_f1``, ``eval_invalid_rate``, ``eval_num_scored``,
     ``eval_loss``, ``eval_runtime``, ``eval_samples_per_second``.
@@ -160,7 +194,7 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     start_command()
     run_results = read_run_results(run_dir)
     config = run_results["config"]
-    data_arguments = DataArguments(**{**config["data"], **data_overrides})
+    data_arguments = DataArguments(**_data_settings(config["data"], data_overrides))
     batch_size = per_device_eval_batch_size or config["training"]["per_device_eval_batch_size"]
     output_dir = Path(output_dir) if output_dir is not None else None
     if output_dir is not None:
@@ -189,28 +223,54 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     return metrics
 
 
+def _data_settings(saved: dict, overrides: dict) -> dict:
+    """A run's data settings with ``overrides`` on top; ``text_column`` renames the column of a one-column template."""
+    settings = {**saved, **overrides}
+    if "text_column" in overrides and saved.get("input_template") and "input_template" not in overrides:
+        template = InputTemplate.parse(saved["input_template"])
+        settings["input_template"] = _reading(template, overrides["text_column"]).text
+    return settings
+
+
+def _reading(template: InputTemplate, column: str) -> InputTemplate:
+    """``template`` reading ``column`` in place of its one column (a template of several columns is refused)."""
+    if len(template.columns) > 1:
+        raise UsageError(
+            f"this run reads {len(template.columns)} columns through its input template {template.text!r}, not one "
+            f"--text_column; give the data those columns, or --input_template naming this data's columns"
+        )
+    return template.for_column(column)
+
+
 def predict_file(run_dir: str | os.PathLike, input_file: str | os.PathLike, output_dir: str | os.PathLike,
                  text_column: str | None = None, batch_size: int = 32) -> dict:
-    """Label every text of a csv/jsonl/parquet file: ``output_dir/predictions.jsonl`` (one line per row, in order:
-    ``index``, ``text``, ``label`` or ``null``, ``output``) and ``output_dir/summary.json``, which is returned."""
+    """Label every row of a csv/jsonl/parquet file: ``output_dir/predictions.jsonl`` (one line per row, in order:
+    ``index``, ``text`` (the text, or a dict of the run's template columns), ``label`` or ``null``, ``output``) and
+    ``output_dir/summary.json``, which is returned. The file holds the columns the run's input template names
+    (``text_column`` renames the column of a one-column template)."""
     import time
 
-    from .data import read_text_file
+    from .data import read_input_file
 
     output_dir = Path(output_dir)
     check_new_folder(output_dir, "the predictions")
     run = load_run(run_dir)
-    column = text_column or run.data_arguments.text_column
-    texts = read_text_file(input_file, column)
+    template = run.input_template if text_column is None else _reading(run.input_template, text_column)
+    columns = read_input_file(input_file, template)
+    if len(template.columns) == 1:
+        examples, column = columns[template.columns[0]], template.columns[0]
+    else:
+        examples, column = [dict(zip(columns, values)) for values in zip(*columns.values())], None
     started = time.perf_counter()
-    predictions = run.predict(texts, batch_size=batch_size)
+    predictions = run.predict(examples, batch_size=batch_size)
     seconds = time.perf_counter() - started
     counts = {word: sum(p.label == word for p in predictions) for word in run.label_words}
     summary = {
         "run": str(run_dir), "method": run.method, "implementation": run.implementation,
-        "input_file": str(input_file), "text_column": column, "num_texts": len(texts),
+        "input_file": str(input_file), "text_column": column, "input_template": template.text,
+        "num_texts": len(examples),
         "label_counts": counts, "invalid": sum(not p.valid for p in predictions),
-        "runtime_s": round(seconds, 3), "texts_per_second": round(len(texts) / seconds, 2) if seconds else None,
+        "runtime_s": round(seconds, 3), "texts_per_second": round(len(examples) / seconds, 2) if seconds else None,
         "predictions": str(output_dir / PREDICTIONS_FILE_NAME),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
