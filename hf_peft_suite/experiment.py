@@ -13,8 +13,9 @@
 What ``output_dir`` holds afterwards:
 
 - ``results.json``: the full configuration, the task (``input_template``, ``label_map``), per-epoch train loss and
-  eval metrics, best accuracy and its epoch, parameter counts, runtimes and throughput, peak memory, artifact size,
-  library versions;
+  eval metrics (epoch 0 first with ``--eval_on_start``: the model before training, also in ``before_training``), best
+  accuracy and its epoch (over the evaluations after training began), parameter counts, runtimes and throughput, peak
+  memory, artifact size, library versions;
 - ``model/``: the trained artifact (the whole model for full fine-tuning; only the delta and its config for PEFT
   methods), the tokenizer and a model card (``README.md``);
 - ``eval_predictions.json``: the class id generated for each evaluation example in the last evaluation (-1: no label
@@ -51,6 +52,7 @@ from .modeling import count_parameters, load_base_model, load_tokenizer
 from .plots import write_run_figure
 from .progress import attach_console, run_label
 from .quiet import library_output
+from .report import before_training, trained_history
 from .run_folder import FolderClaim, prepare_output_dir, remove_previous_run, write_predictions, write_results
 from .tiny import TINY_MODEL_NAME
 from .trainer import TRAINING_ARGS_NAME, GenerationAccuracyTrainer
@@ -283,7 +285,7 @@ def train(plan: Plan, trainer: GenerationAccuracyTrainer):
     save_random_base(plan)
     train_output = trainer.train(resume_from_checkpoint=plan.args.training.resume_from_checkpoint)
     history = epoch_history(trainer.state.log_history)
-    if not history:  # no evaluation during training (--eval_strategy no): evaluate once at the end
+    if not trained_history(history):  # no evaluation after training began (--eval_strategy no): evaluate at the end
         trainer.evaluate()
         history = epoch_history(trainer.state.log_history)
     return train_output, history
@@ -319,7 +321,8 @@ def save_trained_model(plan: Plan, trainer: GenerationAccuracyTrainer) -> int | 
 def collect_results(plan: Plan, built: Built, trainer, train_output, history: list[dict], artifact_size) -> dict:
     """The record written to ``results.json`` (its keys are documented in README.md and docs/api.md)."""
     args, data = plan.args, built.data
-    final, best = history[-1], max(history, key=lambda row: row["eval_accuracy"])
+    trained, start = trained_history(history), before_training(history)
+    final, best = trained[-1], max(trained, key=lambda row: row["eval_accuracy"])
     peak_memory_mb, memory_kind = peak_memory()
     return {
         "method": args.experiment.method,
@@ -339,6 +342,7 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
         "history": history,
         "best_accuracy": best["eval_accuracy"],
         "best_epoch": best["epoch"],
+        "before_training": {key: value for key, value in start.items() if key.startswith("eval_")} if start else None,
         "final_metrics": {key: value for key, value in final.items() if key.startswith("eval_")},
         "parameters": built.parameters,
         "train_runtime_s": train_output.metrics.get("train_runtime"),
@@ -425,8 +429,10 @@ def print_summary(results: dict, stream=None) -> None:
     by :class:`~hf_peft_suite.progress.ConsoleProgress`)."""
     stream = stream or sys.stdout
     parameters = results["parameters"]
+    start = results.get("before_training")
+    before = f" ({start['eval_accuracy']:.4f} before training)" if start else ""
     print(
-        f"best valid_acc {results['best_accuracy']:.4f} at epoch {results['best_epoch']:g} | parameters: total "
+        f"best valid_acc {results['best_accuracy']:.4f} at epoch {results['best_epoch']:g}{before} | parameters: total "
         f"{parameters['total']:,}, trainable {parameters['trainable']:,} ({parameters['trainable_percent']:.4f}%) | "
         f"results: {Path(results['artifact_dir']).parent / RESULTS_NAME}",
         file=stream,

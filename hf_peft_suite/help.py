@@ -45,6 +45,7 @@ TRAINING_FLAGS = {
     "group_by_length": "Batch training examples of similar length together (less padding).",
     "eval_strategy": "When to evaluate: no, steps, epoch.",
     "eval_steps": "Evaluate every N steps (with --eval_strategy steps).",
+    "eval_on_start": "Evaluate once before training too: epoch 0, the accuracy before any training.",
     "logging_strategy": "When to log the training loss: no, steps, epoch.",
     "logging_steps": "Log every N steps (with --logging_strategy steps).",
     "save_strategy": "When to write checkpoints (trainable weights only): no, steps, epoch.",

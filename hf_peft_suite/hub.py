@@ -230,6 +230,8 @@ def _card_table(results: dict, library: str | None) -> list[str]:
         ("macro-F1 (final)", _metric(final.get("eval_macro_f1"))),
         ("invalid outputs (final)", _metric(final.get("eval_invalid_rate"))),
         ("best accuracy", f"{_metric(results['best_accuracy'])} (epoch {results['best_epoch']:g})"),
+        *([("accuracy before training", _metric(results["before_training"].get("eval_accuracy")))]
+          if results.get("before_training") else []),
         ("learning rate", f"{results['learning_rate']:g}"),
         ("processes", str(results.get("world_size", 1))),
     ]

@@ -141,7 +141,7 @@ def plot_learning_curves(curves: list[Curve], path: Path, title: str, notes: lis
     from matplotlib.ticker import MaxNLocator
 
     figure = Figure()
-    axes = figure.subplots(1, len(PANELS))
+    axes = figure.subplots(1, len(PANELS), sharex=True)  # one epoch axis, epoch 0 included
     colors = _colors([(curve.method, curve.implementation, curve.label) for curve in curves])
     for curve in curves:
         color = colors[(curve.method, curve.implementation, curve.label)]

@@ -39,6 +39,7 @@ COLUMNS = [
     ("seeds", "seed(s)"),
     ("trainable_parameters", "trainable params"),
     ("trainable_percent", "% of total"),
+    ("accuracy_before_training", "before training"),  # shown only where a run evaluated before training
     ("best_accuracy", "best accuracy"),
     ("macro_f1", "macro-F1"),
     ("invalid_rate", "invalid rate"),
@@ -51,9 +52,9 @@ COLUMNS = [
     ("run", "run"),
 ]
 # Averaged over seeds; those in SPREAD_KEYS also get a standard deviation (``<key>_std``), shown as mean ± std.
-MEAN_KEYS = ("best_accuracy", "macro_f1", "invalid_rate", "train_runtime_s", "train_samples_per_second",
-             "eval_samples_per_second", "peak_memory_mb")
-SPREAD_KEYS = ("best_accuracy", "macro_f1", "invalid_rate", "train_runtime_s")
+MEAN_KEYS = ("accuracy_before_training", "best_accuracy", "macro_f1", "invalid_rate", "train_runtime_s",
+             "train_samples_per_second", "eval_samples_per_second", "peak_memory_mb")
+SPREAD_KEYS = ("accuracy_before_training", "best_accuracy", "macro_f1", "invalid_rate", "train_runtime_s")
 METHOD_ORDER = {name: index for index, name in enumerate(PLOTTED_METHOD_ORDER)}  # (one list, in plots.py)
 IMPLEMENTATION_ORDER = {"scratch": 0, "library": 1}
 
@@ -86,11 +87,25 @@ def _seed(results: dict) -> int | None:
     return results.get("config", {}).get("training", {}).get("seed")
 
 
+# ------------------------------------------------------------------------------- the evaluation before training
+def before_training(history: list[dict]) -> dict | None:
+    """The history row of the evaluation before the first training step (``--eval_on_start``: epoch 0, step 0)."""
+    return next((row for row in history if row.get("step") == 0), None)
+
+
+def trained_history(history: list[dict]) -> list[dict]:
+    """The history rows of the evaluations after training began (the best accuracy is chosen among these)."""
+    return [row for row in history if row.get("step") != 0]
+
+
 def _best(results: dict) -> dict:
-    """One run's figures: its best accuracy and the other metrics of that evaluation, and its measurements."""
-    best = max(results["history"], key=lambda row: row["eval_accuracy"])
+    """One run's figures: its best accuracy and the other metrics of that evaluation, the accuracy before training
+    (``None`` without ``--eval_on_start``), and its measurements."""
+    best = max(trained_history(results["history"]), key=lambda row: row["eval_accuracy"])
+    start = before_training(results["history"])
     return {
         "seed": _seed(results),
+        "accuracy_before_training": start["eval_accuracy"] if start else None,
         "best_accuracy": results["best_accuracy"],
         "best_epoch": results["best_epoch"],
         "macro_f1": best.get("eval_macro_f1"),
@@ -206,17 +221,24 @@ def _cell(key: str, value, std=None) -> str:
         return f"{value:,}"
     if key == "trainable_percent":
         return f"{value:.4f}" if value < 1 else f"{value:.2f}"
-    if key in ("best_accuracy", "macro_f1", "invalid_rate"):
+    if key in ("accuracy_before_training", "best_accuracy", "macro_f1", "invalid_rate"):
         return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
     if isinstance(value, float):
         return f"{value:,.1f}" + (f" ± {std:,.1f}" if std is not None else "")
     return str(value)
 
 
+def shown_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """The table's columns: "before training" only where a run evaluated before training (``--eval_on_start``)."""
+    started = any(row.get("accuracy_before_training") is not None for row in rows)
+    return [(key, title) for key, title in COLUMNS if started or key != "accuracy_before_training"]
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    columns = shown_columns(rows)
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + " --- |" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(key, row.get(key), row.get(f"{key}_std")) for key, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(key, row.get(key), row.get(f"{key}_std")) for key, _ in columns) + " |")
     for row in rows:
         if row["error"]:
             lines.append(f"\n{row['method']} / {row['implementation']} {row['status']}: {row['error']}")
