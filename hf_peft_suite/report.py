@@ -252,13 +252,13 @@ def markdown_table(rows: list[dict]) -> str:
 def _task_lines(rows: list[dict]) -> list[str]:
     """What the runs read and wrote (their input template and label map), once if they share it, else per run;
     nothing for runs from before templates, which recorded neither."""
-    tasks = {row["run"]: task_text(row.get("input_template"), row.get("label_map")) for row in rows
-             if row.get("input_template")}
+    tasks = [(row["run"], task_text(row.get("input_template"), row.get("label_map"))) for row in rows
+             if row.get("input_template")]
     if not tasks:
         return []
-    if len(set(tasks.values())) == 1:
-        return [f"\nTask: {next(iter(tasks.values()))}."]
-    return ["\nTasks differ between runs:", *[f"- {run}: {text}" for run, text in tasks.items()]]
+    if len({text for _, text in tasks}) == 1:
+        return [f"\nTask: {tasks[0][1]}."]
+    return ["\nTasks differ between runs:", *[f"- {run}: {text}" for run, text in tasks]]
 
 
 # --------------------------------------------------------------------------------------------------- writing
