@@ -153,7 +153,7 @@ def render_short_help() -> str:
         f"       hf-peft-suite {{{','.join(SUBCOMMANDS)}}} ...   (each with its own --help)",
         "",
         "Fine-tune T5 to write a label word (IMDB sentiment by default; any classification task with --input_template",
-        "and --label_words: docs/tasks.md) with one PEFT method (--method), or train every method x",
+        "and --label_words) with one PEFT method (--method), or train every method x",
         "implementation and compare them (--method all). Flags override a JSON file of settings (CONFIG.json), which",
         "overrides --preset. This lists the project's flags and the most used training flags; --help_all lists every",
         "flag (every Seq2SeqTrainingArguments flag works).",
