@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: compare tensors, count parameters, write data files, run the CLI as a user does,
-load and evaluate a finished run."""
+"""Helpers shared by the tests: compare tensors, count parameters, write data files, run the CLI as a user does (in
+this process or as one or two real processes), load and evaluate a finished run."""
 
 from __future__ import annotations
 
@@ -58,10 +58,33 @@ def cli_environment(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*argv, cwd=REPO_ROOT, launcher: list[str] | None = None, timeout: int = 300, **env):
-    """``python run_experiment.py ARGV`` (or ``LAUNCHER run_experiment.py ARGV``) in a separate process."""
+    """``python run_experiment.py ARGV`` (or ``LAUNCHER run_experiment.py ARGV``) in a separate process.
+
+    For a test about what a command does rather than about the process (its exit code through a real process, the
+    console script, signals, several processes), call ``hf_peft_suite.cli.main(argv)`` in the test's process instead:
+    a new process spends about 5 s importing torch and transformers before any work."""
     command = [*(launcher or [sys.executable]), "run_experiment.py", *map(str, argv)]
     return subprocess.run(command, cwd=cwd, env=cli_environment(**env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+# Two real processes on CPU (gloo). The evaluation set has 37 examples: with 2 processes x 8 per batch, the last round
+# of batches is padded with repeated examples, which must be scored once.
+DDP_EVAL_EXAMPLES, DDP_EVAL_BATCH, DDP_WORLD_SIZE = 37, 8, 2
+DDP_CELL_ARGS = [
+    "--max_train_samples", "512", "--max_steps", "24", "--learning_rate", "0.03",
+    "--max_eval_samples", DDP_EVAL_EXAMPLES, "--per_device_eval_batch_size", DDP_EVAL_BATCH, "--eval_strategy", "steps",
+    "--eval_steps", "12", "--logging_strategy", "steps", "--logging_steps", "12",
+    "--group_by_length", "true",  # shuffles training batches by length; evaluation must stay in dataset order
+]
+ACCELERATE_CPU_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(DDP_WORLD_SIZE)]
+
+
+def accelerate_launch() -> list[str]:
+    """The shipped config: MULTI_GPU with use_cpu, two gloo processes (``--cpu --num_processes 2`` starts one)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
+            "--main_process_port", str(free_port())]
 
 
 def labelled_batch(tokenizer, size: int = 4, seed: int = 1):

@@ -15,10 +15,9 @@ from transformers import AutoModelForSeq2SeqLM, HfArgumentParser, T5ForCondition
 
 from hf_peft_suite.errors import UsageError
 from hf_peft_suite.files import ADAPTERHUB_CONFIG_NAME, ADAPTERHUB_WEIGHTS_NAME
-from hf_peft_suite.methods import build_method_model, library_problem
+from hf_peft_suite.methods import build_method_model
 from hf_peft_suite.methods.adapter import (
     ADAPTERHUB_ADAPTER,
-    METHOD,
     AdapterOptions,
     BottleneckAdapter,
     BottleneckAdapterModel,
@@ -33,10 +32,9 @@ from hf_peft_suite.methods.adapter import (
 from hf_peft_suite.methods.delta import DELTA_WEIGHTS_NAME
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
 
+from .conftest import requires_adapterhub, without_adapterhub
 from .helpers import max_abs_diff, t5_small_on_meta, trainable
 
-ADAPTERHUB_MISSING = library_problem(METHOD)
-requires_adapterhub = pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))
 CONFIGS = ["seq_bn", "double_seq_bn"]
 IMPLEMENTATIONS = ["scratch", pytest.param("library", marks=requires_adapterhub)]
 TOLERANCE = 1e-5
@@ -356,7 +354,7 @@ def test_options_parse_from_the_command_line():
     assert (settings.adapter_config, settings.bottleneck_size, settings.non_linearity) == ("double_seq_bn", 64, "swish")
 
 
-@pytest.mark.skipif(ADAPTERHUB_MISSING is None, reason="AdapterHub `adapters` is installed here")
+@without_adapterhub
 def test_library_without_adapterhub_says_how_to_install_it():
     with pytest.raises(UsageError, match=r"pip install 'hf-peft-suite\[adapters\]'"):
         build_library_adapter(tiny_t5(), AdapterOptions())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,13 +19,11 @@ import torch
 
 from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
-from hf_peft_suite.methods import METHODS, library_problem
+from hf_peft_suite.methods import METHODS
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
 
+from .conftest import ADAPTERHUB_PROBLEM, requires_adapterhub, requires_no_gpu, without_adapterhub
 from .helpers import assert_refused, run_cli, snapshot, write_split_files
-
-ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
-requires_adapterhub = pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))
 QUICK = ["--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8"]
 
 
@@ -93,21 +90,15 @@ def test_json_config_with_an_unknown_key_or_no_json(tmp_path, capsys):
     assert_refused([tmp_path / "missing.json"], r"config file .*missing.json does not exist", capsys, tmp_path)
 
 
-@pytest.mark.slow
-def test_library_implementation_not_installed_in_a_real_process(tmp_path):
-    """``adapters`` made unimportable (``sys.modules["adapters"] = None``), as where it is not installed."""
-    code = ("import runpy, sys; sys.modules['adapters'] = None; sys.argv = sys.argv[1:]; "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")  # then: python run_experiment.py ARGS
-    result = run_cli(*QUICK, "--method", "adapter", "--implementation", "library", "--output_dir", tmp_path / "out",
-                     launcher=[sys.executable, "-c", code])
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert re.match(r"error: --method adapter --implementation library: 'adapters' .*pip install "
-                    r"'hf-peft-suite\[adapters\]'", result.stderr), result.stderr
-    assert not (tmp_path / "out").exists()
+def test_library_implementation_that_cannot_be_imported_is_one_error_line(monkeypatch, tmp_path, capsys):
+    """``adapters`` made unimportable (``sys.modules["adapters"] = None``), as where it is installed but broken."""
+    monkeypatch.setitem(sys.modules, "adapters", None)
+    assert_refused([*QUICK, "--method", "adapter", "--implementation", "library", "--output_dir", tmp_path / "out"],
+                   r"--method adapter --implementation library: 'adapters' .*pip install 'hf-peft-suite\[adapters\]'",
+                   capsys, absent=tmp_path / "out")
 
 
-@pytest.mark.skipif(ADAPTERHUB_MISSING is None, reason="AdapterHub `adapters` is installed here")
+@without_adapterhub
 def test_library_implementation_not_installed(capsys, tmp_path):
     assert_refused([*QUICK, "--method", "adapter", "--implementation", "library", "--output_dir", tmp_path / "out"],
                    r"needs the 'adapters' package, which is not installed; install it with: pip install", capsys,
@@ -123,23 +114,25 @@ def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     ]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs where there are GPUs")
-def test_fsdp_on_a_machine_without_gpus_is_refused_rather_than_silently_run_as_data_parallel(tmp_path, capsys):
+@requires_no_gpu
+def test_fsdp_on_a_machine_without_gpus_is_refused_rather_than_silently_run_as_data_parallel(tmp_path, capsys,
+                                                                                            monkeypatch):
     # Tried with two gloo processes: accelerate builds a MULTI_CPU state and drops the FSDP plugin (or, syncing module
     # states, raises "no available devices"), so the run would not be sharded at all (docs/distributed.md).
+    for key in [key for key in os.environ if key.startswith(("ACCELERATE_", "FSDP_"))]:
+        monkeypatch.delenv(key)  # what earlier runs in this process wrote there: a new process starts without them
     environment = dict(os.environ)
     assert_refused([*QUICK, "--method", "lora", "--fsdp", "full_shard auto_wrap", "--output_dir", tmp_path / "out"],
                    r"--fsdp needs GPUs: on CPUs accelerate drops it", capsys, absent=tmp_path / "out")
     assert dict(os.environ) == environment  # refused before transformers sets ACCELERATE_USE_FSDP for this process
 
 
-@pytest.mark.slow
-def test_traceback_variable_shows_where_a_refusal_came_from_for_bug_reports(tmp_path):
-    result = run_cli("--preset", "tiny", "--method", "qlora", "--output_dir", tmp_path / "out",
-                     HF_PEFT_SUITE_TRACEBACK="1")
-    assert result.returncode == 2
-    assert "Traceback (most recent call last)" in result.stderr and "hf_peft_suite.errors.UsageError" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown method 'qlora'")
+def test_traceback_variable_shows_where_a_refusal_came_from_for_bug_reports(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HF_PEFT_SUITE_TRACEBACK", "1")
+    assert main(["--preset", "tiny", "--method", "qlora", "--output_dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in error and "hf_peft_suite.errors.UsageError" in error
+    assert error.strip().splitlines()[-1].startswith("error: unknown method 'qlora'")
     assert not (tmp_path / "out").exists()
 
 
@@ -265,7 +258,7 @@ def stopped_runs(tmp_path_factory):
     """Runs with a checkpoint after 2 steps, as a stopped run leaves them (read-only: tests copy them)."""
     root, runs = tmp_path_factory.mktemp("stopped"), {}
     for name, (argv, _) in RESUMABLE.items():
-        if name == "adapter-adapterhub" and ADAPTERHUB_MISSING:
+        if name == "adapter-adapterhub" and ADAPTERHUB_PROBLEM:
             continue
         runs[name] = root / name
         assert main([*QUICK, *argv, "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(runs[name])]) == 0
@@ -275,9 +268,12 @@ def stopped_runs(tmp_path_factory):
 
 
 def copy_run(stopped_runs, name: str, tmp_path: Path) -> Path:
-    if name not in stopped_runs:
-        pytest.skip(str(ADAPTERHUB_MISSING))
     return Path(shutil.copytree(stopped_runs[name], tmp_path / name))
+
+
+def resumable(*names: str) -> list:
+    """``names`` as parameters, the AdapterHub cell with its mark."""
+    return [pytest.param(name, marks=[requires_adapterhub] if name == "adapter-adapterhub" else []) for name in names]
 
 
 def test_resume_from_a_checkpoint_that_does_not_exist_or_is_not_one(stopped_runs, tmp_path, capsys):
@@ -299,7 +295,7 @@ def test_resume_from_a_checkpoint_whose_trainer_state_is_damaged(stopped_runs, t
                    r"checkpoint-2: its trainer_state.json is damaged \(.*\); resume from ", capsys, run)
 
 
-@pytest.mark.parametrize("name", list(RESUMABLE))
+@pytest.mark.parametrize("name", resumable(*RESUMABLE))
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_resume_from_a_corrupted_or_truncated_adapter_file(name, damage, stopped_runs, tmp_path, capsys):
     run = copy_run(stopped_runs, name, tmp_path)
@@ -336,8 +332,9 @@ def test_resume_onto_another_base_model(stopped_runs, tmp_path, capsys):
         ("lora-scratch", ["--method", "prompt_tuning"], r"model_type 'hf_peft_suite_lora' \(saved\)"),
         ("lora-peft", ["--method", "adapter"], r"holds no config.json|model_type"),
         ("prompt-scratch", ["--method", "full"], r"do not match this model's trainable parameters"),
-        ("adapter-adapterhub", ["--method", "adapter", "--implementation", "library", "--adapter_config",
-                                "double_seq_bn"], r"saved with other options \(mh_adapter"),
+        pytest.param("adapter-adapterhub", ["--method", "adapter", "--implementation", "library", "--adapter_config",
+                                            "double_seq_bn"], r"saved with other options \(mh_adapter",
+                     marks=requires_adapterhub),
     ],
     ids=["lora-other-rank", "peft-other-alpha", "lora-into-prompt", "peft-into-adapter", "prompt-into-full",
          "adapterhub-other-config"],

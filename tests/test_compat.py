@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import os
 import re
 
 import pytest
@@ -25,10 +24,8 @@ from hf_peft_suite.methods import METHODS, build_method_model, library_problem
 from hf_peft_suite.methods.delta import DeltaModel, split_loading_kwargs
 from hf_peft_suite.methods.lora import LoRAOptions
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, SKIPS, outside_newest_probe
 from .helpers import labelled_batch
-
-PROBE = os.environ.get("HF_PEFT_SUITE_NEWEST_PROBE") == "1"  # .ci/newest runs outside the window on purpose
 
 
 # ------------------------------------------------------------------------------------- declared = tested
@@ -74,7 +71,7 @@ def test_every_lower_bound_is_the_version_ci_pins_in_the_full_environment():
     assert bounded >= 8 and set(pins) <= set(declared_requirements()) | {"torch"}
 
 
-@pytest.mark.skipif(PROBE, reason=".ci/newest runs the suite with the newest releases, outside the window on purpose")
+@outside_newest_probe
 def test_the_installed_libraries_are_inside_the_tested_window():
     assert compat.outside_tested_versions() == []
 
@@ -92,10 +89,13 @@ def installed(library: str) -> bool:
 INTERNAL_IDS = [f"{internal.library}-{index}" for index, internal in enumerate(compat.INTERNALS)]
 
 
+# AdapterHub's internals are checked wherever it is installed, whether or not it still works with the package (a changed
+# internal must fail here, not skip); where it is not (the latest environment), with the AdapterHub cell's reason.
+ADAPTERHUB_ABSENT = pytest.mark.skipif(not installed("adapters"), reason=SKIPS["adapterhub"].reason)
+
+
 @pytest.mark.parametrize("internal", [
-    pytest.param(internal, id=name, marks=pytest.mark.skipif(
-        internal.library == "adapters" and not installed("adapters"),
-        reason="the AdapterHub cell needs pip install 'hf-peft-suite[adapters]', which pins transformers 4.57"))
+    pytest.param(internal, id=name, marks=[ADAPTERHUB_ABSENT] if internal.library == "adapters" else [])
     for name, internal in zip(INTERNAL_IDS, compat.INTERNALS)
 ])
 def test_each_internal_is_as_the_package_uses_it(internal):

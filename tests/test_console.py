@@ -14,17 +14,14 @@ import pytest
 from hf_peft_suite.cli import main
 from hf_peft_suite.comparison import comparison_cells
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, readme_python_example
 from .helpers import cli_environment, run_cli
-from .test_distributed import TORCHRUN, accelerate_launch
 
 # What a normal run must not print: the warnings the libraries gave before, their progress bars, Trainer's log dicts.
 NOISE = ("max_new_tokens", "find_unused_parameters", "is_gradient_checkpointing", "PAD/BOS/EOS", "past_key_value",
          "adapters available", "Tokenizing", "Flattening", "Writing model shards", "Warning", "warn(", "{'loss'",
          "{'eval_loss'", "{'train_runtime'")
 PNG = b"\x89PNG\r\n\x1a\n"
-MAIN_JOB = ["--preset", "tiny", "--method", "all"]
-SMALLER = ["--max_train_samples", "320", "--num_train_epochs", "2", "--max_eval_samples", "64"]
 
 
 def assert_quiet(*outputs: str) -> None:
@@ -33,18 +30,12 @@ def assert_quiet(*outputs: str) -> None:
         assert not found, (found, output[-3000:])
 
 
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-    """The README's main job, ``python run_experiment.py --preset tiny --method all``, on less data (2 epochs)."""
-    output_dir = tmp_path_factory.mktemp("main_job") / "compare"
-    result = run_cli(*MAIN_JOB, *SMALLER, "--output_dir", output_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result, output_dir
-
-
 @pytest.mark.slow
 def test_main_job_counts_cells_draws_figures_and_prints_no_library_noise(main_job):
+    """The README's main job, ``python run_experiment.py --preset tiny --method all``, as a real process (the
+    session's ``main_job``: test_methods_train.py checks what its cells learned)."""
     result, output_dir = main_job
+    assert result.returncode == 0, result.stderr[-3000:]
     cells, _ = comparison_cells()
     starts = re.findall(r"^cell (\d+)/(\d+): (\w+)/(\w+) -> .* \((\d+:\d\d) elapsed(, about \d+:\d\d left)?\)$",
                         result.stdout, flags=re.M)
@@ -61,16 +52,14 @@ def test_main_job_counts_cells_draws_figures_and_prints_no_library_noise(main_jo
 
 
 @pytest.mark.slow
-def test_python_api_example_of_the_readme_is_quiet(tmp_path):
+def test_python_api_example_of_the_readme_is_quiet(readme_example):
     """The README's Python example, as written, in a fresh interpreter: its table and nothing on stderr."""
-    block = re.search(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S).group(1)
-    assert "run_experiment(preset=\"tiny\"" in block
-    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=cli_environment(), capture_output=True,
-                            text=True, timeout=600)
+    result, run_dir = readme_example
+    assert "run_experiment(preset=\"tiny\"" in readme_python_example()
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""
     assert_quiet(result.stdout)
-    assert "best valid_acc" in result.stdout and (tmp_path / "outputs/tiny-full/learning_curves.png").is_file()
+    assert "best valid_acc" in result.stdout and (run_dir / "learning_curves.png").is_file()
 
 
 def test_library_output_is_quiet_inside_a_run_and_restored_after_it():
@@ -131,20 +120,24 @@ def test_the_libraries_own_settings_win_over_quiet(monkeypatch):
     (["--verbose"], {}, "Tokenizing"),  # datasets' progress bars and logs are back
     ([], {"TRANSFORMERS_VERBOSITY": "info"}, "***** Running training *****"),  # transformers' own setting wins
 ], ids=["verbose", "TRANSFORMERS_VERBOSITY"])
-def test_verbose_or_the_libraries_own_settings_bring_their_logs_back(flags, env, expected, tmp_path):
-    result = run_cli("--preset", "tiny", "--max_steps", "2", "--max_eval_samples", "16", "--output_dir",
-                     tmp_path / "run", *flags, **env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert expected in result.stderr
+def test_verbose_or_the_libraries_own_settings_bring_their_logs_back(flags, env, expected, tmp_path, capfd):
+    """``--verbose`` is read by the command, so it runs in this process; ``TRANSFORMERS_VERBOSITY`` is read by
+    transformers when a process imports it, so that case is a new process."""
+    argv = ["--preset", "tiny", "--max_steps", "2", "--max_eval_samples", "16", "--output_dir", tmp_path / "run", *flags]
+    if env:
+        result = run_cli(*argv, **env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert expected in result.stderr
+        return
+    assert main([str(item) for item in argv]) == 0
+    assert expected in capfd.readouterr().err
 
 
 @pytest.mark.slow
-def test_two_processes_every_cell_is_quiet_and_counted_once(tmp_path):
+def test_two_processes_every_cell_is_quiet_and_counted_once(torchrun_every_cell):
     """torchrun, two gloo processes, every cell (DDP with find_unused_parameters off): nothing on stderr, and the
-    counter and the tables printed by the first process only."""
-    output_dir = tmp_path / "ddp"
-    result = run_cli(*MAIN_JOB, "--max_train_samples", "64", "--max_steps", "2", "--max_eval_samples", "16",
-                     "--per_device_eval_batch_size", "8", "--output_dir", output_dir, launcher=TORCHRUN)
+    counter and the tables printed by the first process only. (test_distributed.py checks its scores.)"""
+    result, output_dir = torchrun_every_cell
     assert result.returncode == 0, result.stderr[-3000:]
     cells, _ = comparison_cells()
     assert result.stderr == ""
@@ -155,10 +148,9 @@ def test_two_processes_every_cell_is_quiet_and_counted_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_is_quiet(tmp_path):
-    result = run_cli("--preset", "tiny", "--method", "lora", "--implementation", "library", "--max_train_samples", "64",
-                     "--max_steps", "2", "--max_eval_samples", "16", "--output_dir", tmp_path / "run",
-                     launcher=accelerate_launch())
+def test_accelerate_launch_is_quiet(accelerate_lora_library):
+    """accelerate launch, two CPU processes, peft's LoRA cell (test_distributed.py checks its scores)."""
+    result, _ = accelerate_lora_library
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr == ""
     assert_quiet(result.stdout)

@@ -10,6 +10,7 @@ from hf_peft_suite.errors import UsageError
 from hf_peft_suite.metrics import LabelScorer
 from hf_peft_suite.tiny import TINY_DATASET_NAME
 
+from .conftest import requires_shared
 from .helpers import write_split_files
 
 
@@ -64,6 +65,7 @@ def test_train_and_eval_files(tmp_path, tiny_tokenizer):
     assert data.label_words == ["positive", "negative"]  # the given order defines the class ids
 
 
+@requires_shared
 def test_four_classes_with_multi_token_label_words(t5_small_path):
     """The four-class IMDB variant from ../shared: 'very negative' is two T5 pieces, so 3 new tokens are needed."""
     from transformers import AutoTokenizer
@@ -77,6 +79,7 @@ def test_four_classes_with_multi_token_label_words(t5_small_path):
     assert LabelScorer(tokenizer, data.label_words).max_new_tokens == 3
 
 
+@requires_shared
 def test_subsets_are_seeded_shuffles_of_a_label_sorted_split(shared_imdb, t5_small_path):
     """The Hub's IMDB test split is sorted by label: a subset must be shuffled, not the first N rows."""
     from datasets import load_dataset

@@ -1,54 +1,54 @@
-"""Two real processes on CPU (gloo): ``torchrun`` and ``accelerate launch`` run a scratch and a library cell.
+"""Two real processes on CPU (gloo): ``torchrun`` and ``accelerate launch`` train every cell / peft's LoRA cell.
 
 The evaluation set has 37 examples: with 2 processes x 8 per batch, the last round of batches is padded with repeated
 examples. Each run must say it ran with world size 2, score each of the 37 examples exactly once (in the order of the
 evaluation set), and reach the accuracy and the loss that a single-process evaluation of its saved model reaches,
-example by example. Each launch takes about 10 s here (two interpreters start on two cores).
+example by example. The launches are the session's (``torchrun_every_cell``, ``accelerate_lora_library`` in
+conftest.py): test_console.py reads the same ones for what they print.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 
-from .conftest import REPO_ROOT
-from .helpers import evaluate_in_one_process, free_port, load_trained_model, read_results, run_cli
+from .helpers import (
+    ACCELERATE_CPU_CONFIG,
+    DDP_EVAL_BATCH,
+    DDP_EVAL_EXAMPLES,
+    DDP_WORLD_SIZE,
+    TORCHRUN,
+    evaluate_in_one_process,
+    load_trained_model,
+    read_results,
+    run_cli,
+)
 
-pytestmark = pytest.mark.slow  # real processes or whole training runs
-
-EVAL_EXAMPLES, EVAL_BATCH, WORLD_SIZE = 37, 8, 2  # 37 is not a multiple of 2 x 8
-CELL_ARGS = [
-    "--preset", "tiny", "--max_train_samples", "512", "--max_steps", "24", "--learning_rate", "0.03",
-    "--max_eval_samples", EVAL_EXAMPLES, "--per_device_eval_batch_size", EVAL_BATCH, "--eval_strategy", "steps",
-    "--eval_steps", "12", "--logging_strategy", "steps", "--logging_steps", "12",
-    "--group_by_length", "true",  # shuffles training batches by length; evaluation must stay in dataset order
-]
-ACCELERATE_CPU_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD_SIZE)]
-
-
-def accelerate_launch() -> list[str]:
-    """The shipped config: MULTI_GPU with use_cpu, two gloo processes (``--cpu --num_processes 2`` starts one)."""
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CPU_CONFIG),
-            "--main_process_port", str(free_port())]
+EVAL_EXAMPLES, EVAL_BATCH, WORLD_SIZE = DDP_EVAL_EXAMPLES, DDP_EVAL_BATCH, DDP_WORLD_SIZE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("launcher", "method", "implementation"),
     [("torchrun", "lora", "scratch"), ("accelerate", "lora", "library")],
     ids=["torchrun-lora-scratch", "accelerate-lora-peft"],
 )
-def test_two_processes_score_every_example_once_as_one_process_does(launcher, method, implementation, tmp_path):
-    output_dir = tmp_path / "run"
-    command = TORCHRUN if launcher == "torchrun" else accelerate_launch()
-    result = run_cli(*CELL_ARGS, "--method", method, "--implementation", implementation, "--output_dir", output_dir,
-                     launcher=command)
+def test_two_processes_score_every_example_once_as_one_process_does(launcher, method, implementation,
+                                                                    torchrun_every_cell, accelerate_lora_library,
+                                                                    tmp_path):
+    """torchrun trained every cell (``--method all``): its LoRA scratch cell is checked here; accelerate launch
+    trained peft's LoRA cell alone."""
+    if launcher == "torchrun":
+        result, every_cell = torchrun_every_cell
+        output_dir = every_cell / f"{method}-{implementation}"
+    else:
+        result, output_dir = accelerate_lora_library
     assert result.returncode == 0, result.stderr[-3000:]
 
     results = read_results(output_dir)
+    assert (results["method"], results["implementation"]) == (method, implementation)
     assert results["world_size"] == WORLD_SIZE
     assert results["num_eval_examples"] == EVAL_EXAMPLES
     assert [row["eval_num_scored"] for row in results["history"]] == [EVAL_EXAMPLES, EVAL_EXAMPLES]
@@ -69,6 +69,7 @@ def test_two_processes_score_every_example_once_as_one_process_does(launcher, me
     assert abs(results["final_metrics"]["eval_loss"] - metrics["eval_loss"]) <= 1e-5, (results, metrics)
 
 
+@pytest.mark.slow
 def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path):
     """Without --use_cpu on a machine without GPUs, torchrun's processes form no group with newer accelerate releases
     (each would train alone and overwrite the others' files): refused, one line per process, nothing written. The

@@ -8,23 +8,19 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from hf_peft_suite.arguments import TrainingArguments
 from hf_peft_suite.data import load_data
-from hf_peft_suite.methods import METHODS, build_method_model, library_problem
+from hf_peft_suite.methods import METHODS, build_method_model
 from hf_peft_suite.one_pass import reusable
 from hf_peft_suite.tiny import TINY_DATASET_NAME, build_tiny_model
 from hf_peft_suite.trainer import GenerationAccuracyTrainer
+
+from .conftest import ALL_CELLS, cell_param, requires_cpu_bf16, requires_no_gpu
 
 SMALL_OPTIONS = {"prompt_tuning": {"num_virtual_tokens": 4}, "adapter": {"adapter_reduction_factor": 4},
                  "lora": {"lora_r": 4}, "prefix_tuning": {"prefix_num_virtual_tokens": 4}}
 
 
 def cells():
-    for name, method in METHODS.items():
-        for implementation in ("scratch", "library"):
-            if implementation == "library" and method.build_library is None:
-                continue
-            problem = library_problem(method) if implementation == "library" else None
-            yield pytest.param(name, implementation, id=f"{name}-{implementation}",
-                               marks=[pytest.mark.skipif(problem is not None, reason=str(problem))])
+    return [cell_param(*cell) for cell in ALL_CELLS]
 
 
 def build_cell(method: str, implementation: str, tokenizer):
@@ -127,8 +123,6 @@ def test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own(method, im
                                                                         tmp_path):
     data = load_data(dataset_name=TINY_DATASET_NAME, tokenizer=tiny_tokenizer, max_source_length=64,
                      max_eval_samples=48, max_train_samples=8)
-    if library_problem(METHODS[method]) and implementation == "library":
-        pytest.skip(library_problem(METHODS[method]))
     model = build_cell(method, implementation, tiny_tokenizer)
     metrics = trainer_for(GenerationAccuracyTrainer, model, data, tiny_tokenizer, tmp_path / "one").evaluate()
     reference = trainer_for(TwoPassTrainer, model, data, tiny_tokenizer, tmp_path / "two").evaluate()
@@ -136,12 +130,6 @@ def test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own(method, im
 
 
 # ------------------------------------------------------------------------------------------------------- bf16
-requires_cpu_bf16 = pytest.mark.skipif(
-    torch.cuda.is_available() or __import__("hf_peft_suite.compat").compat.cpu_bf16_problem() is not None,
-    reason="needs a CPU with bfloat16 instructions and no GPU",
-)
-
-
 @requires_cpu_bf16
 def test_bf16_alone_runs_on_a_cpu_machine_and_evaluation_encodes_under_autocast(data, tiny_tokenizer, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), bf16=True, per_device_eval_batch_size=8, report_to="none",
@@ -160,12 +148,11 @@ def test_bf16_alone_runs_on_a_cpu_machine_and_evaluation_encodes_under_autocast(
     assert metrics["eval_num_scored"] == len(data.eval_dataset)
 
 
+@requires_no_gpu
 def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(monkeypatch, tmp_path):
     from hf_peft_suite import arguments
     from hf_peft_suite.errors import UsageError
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU machine runs bf16 on the GPU")
     monkeypatch.setattr(arguments, "cpu_bf16_problem", lambda: "this CPU has no bfloat16 instructions (test)")
     with pytest.raises(UsageError, match=r"--bf16 on this machine: this CPU has no bfloat16 instructions \(test\); "
                                          r"leave --bf16 out"):
@@ -179,20 +166,19 @@ def test_every_cell_trains_and_evaluates_with_bf16_on_the_cpu(method, implementa
     from hf_peft_suite.experiment import run_experiment
 
     results = run_experiment(preset="tiny", method=method, implementation=implementation, bf16=True, use_cpu=False,
-                             max_steps=3, max_eval_samples=16, output_dir=str(tmp_path / "run"))
+                             max_steps=3, max_train_samples=96, max_eval_samples=16, output_dir=str(tmp_path / "run"))
     assert results["config"]["training"]["bf16"] is True and results["config"]["training"]["use_cpu"] is True
     assert results["history"][-1]["eval_num_scored"] == 16
     assert torch.isfinite(torch.tensor(results["history"][-1]["eval_loss"]))
 
 
+@requires_cpu_bf16
 def test_a_bf16_run_leaves_the_next_run_in_the_same_process_in_float32(tmp_path):
     """transformers writes the precision into the environment and reads it back as the next default: after a --bf16
     run, a plain one in the same process (and the processes it starts) would have computed in bf16 too."""
     import os
 
     environment = dict(os.environ)
-    if torch.cuda.is_available() or __import__("hf_peft_suite.compat").compat.cpu_bf16_problem():
-        pytest.skip("needs a CPU with bfloat16 instructions and no GPU")
     TrainingArguments(output_dir=str(tmp_path / "a"), bf16=True, report_to="none")  # 4.57 sets the variable to bf16
     plain = TrainingArguments(output_dir=str(tmp_path / "b"), use_cpu=True, report_to="none", eval_strategy="no")
     assert os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "no" and not plain.bf16

@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import copy
 
+import peft
 import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
 import hf_peft_suite  # noqa: F401  (registers the delta models with the Auto classes)
 from hf_peft_suite.errors import UsageError
-from hf_peft_suite.methods import METHODS, get_method, ia3, library_problem, lora, prefix_tuning, prompt_tuning
+from hf_peft_suite.methods import get_method, ia3, lora, prefix_tuning, prompt_tuning
 from hf_peft_suite.methods import adapter as adapter_method
 from hf_peft_suite.methods.architectures import FAMILIES as KNOWN_FAMILIES
 from hf_peft_suite.methods.peft_files import PEFT_KEY_PREFIX
 
+from .conftest import cell_param, requires_adapterhub
 from .families import FAMILIES, build_family_model
 from .helpers import labelled_batch, max_abs_diff
 
-peft = pytest.importorskip("peft")
-
-ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 TOLERANCE = 1e-5
 
 
@@ -63,8 +62,7 @@ CASES = {
 
 
 def library_marks(case: str):
-    needs_adapterhub = CASES[case][0] == "adapter"
-    return [pytest.mark.skipif(needs_adapterhub and ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))]
+    return [requires_adapterhub] if CASES[case][0] == "adapter" else []
 
 
 def pair(family: str, case: str):
@@ -216,17 +214,12 @@ def tiny_marian():
     ))
 
 
-UNSUPPORTED = [
-    ("adapter", "scratch", None), ("adapter", "library", None), ("prefix_tuning", "scratch", None),
-    ("prefix_tuning", "library", None), ("lora", "scratch", None), ("lora", "library", None),
-    ("ia3", "scratch", None), ("ia3", "library", None),
-]
+UNSUPPORTED = [cell_param(method, implementation) for method in ("adapter", "prefix_tuning", "lora", "ia3")
+               for implementation in ("scratch", "library")]
 
 
-@pytest.mark.parametrize(("method", "implementation", "_"), UNSUPPORTED, ids=[f"{m}-{i}" for m, i, _ in UNSUPPORTED])
-def test_a_family_without_a_description_gets_one_error_naming_the_supported_ones(method, implementation, _):
-    if (method, implementation) == ("adapter", "library") and ADAPTERHUB_MISSING:
-        pytest.skip(str(ADAPTERHUB_MISSING))
+@pytest.mark.parametrize(("method", "implementation"), UNSUPPORTED)
+def test_a_family_without_a_description_gets_one_error_naming_the_supported_ones(method, implementation):
     chosen = get_method(method)
     with pytest.raises(UsageError) as raised:
         chosen.builder(implementation)(tiny_marian(), chosen.options())
@@ -258,8 +251,8 @@ def test_every_installed_cell_runs_through_the_pipeline_on_bart(tmp_path):
     build_family_model("bart").save_pretrained(tmp_path / "bart")
     output_dir = tmp_path / "all"
     assert main(["--preset", "tiny", "--model_name_or_path", str(tmp_path / "bart"), "--tokenizer_name_or_path",
-                 "builtin:tiny-t5", "--method", "all", "--max_steps", "3", "--max_eval_samples", "16",
-                 "--eval_strategy", "no", "--output_dir", str(output_dir)]) == 0
+                 "builtin:tiny-t5", "--method", "all", "--max_steps", "3", "--max_train_samples", "96",
+                 "--max_eval_samples", "16", "--eval_strategy", "no", "--output_dir", str(output_dir)]) == 0
     rows = json.loads((output_dir / "comparison.json").read_text())
     assert {(row["method"], row["implementation"]) for row in rows if row["status"] == "ok"} == set(
         comparison_cells()[0])

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,14 +39,15 @@ def test_short_help_is_fast_short_and_lists_the_projects_flags():
     assert "--help_all" in result.stdout
 
 
+CONSOLE_SCRIPT = Path(sys.executable).parent / "hf-peft-suite"
+
+
+@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(),
+                    reason=f"the package is not installed in this environment ({CONSOLE_SCRIPT} is absent)")
 def test_the_installed_command_prints_the_short_help_as_fast():
     """``hf-peft-suite --help``: the console script imports hf_peft_suite_cli, not the package (whose __init__
     imports torch and transformers to register the methods: about 4 s here)."""
-    from pathlib import Path
-
-    command = Path(sys.executable).parent / "hf-peft-suite"
-    if not command.exists():
-        pytest.skip(f"the package is not installed in this environment ({command} is absent)")
+    command = CONSOLE_SCRIPT
     timings = []
     for _ in range(3):
         started = time.perf_counter()

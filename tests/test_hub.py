@@ -1,9 +1,15 @@
-"""``--push_to_hub`` for every cell: exactly the trained delta, its config and a model card, loadable as the card says.
+"""``--push_to_hub`` and ``hf-peft-suite push`` for every cell: exactly the trained delta, its config and a model card,
+loadable as the card says.
 
 The Hub is unreachable here, so the one function that talks to it, ``hf_peft_suite.hub.upload_folder_to_hub``, is
 replaced by a fake that keeps a copy of the folder it is handed (the only fake in these tests). Everything else is
 real: the run, the file selection, the model card. The model is then loaded from that copy by executing the card's
 own loading code, and must make the same prediction on every evaluation example as the trained run did.
+
+Every cell's finished run (the session's ``finished_runs``, copied) is pushed with ``hf-peft-suite push``; both that
+command and ``--push_to_hub`` after training push through ``hub.push_run``, which is what depends on the cell. The
+training-time path (the push at the end of a run, and the local card naming the Hub repository) is the same for every
+cell: it is run for a whole model and for a library delta.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ from hf_peft_suite import hub
 from hf_peft_suite.arguments import load_preset
 from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
-from hf_peft_suite.methods import METHODS, library_problem
+from hf_peft_suite.methods import METHODS
 from hf_peft_suite.weights import tensor_shapes
 
-from .helpers import evaluate_in_one_process
+from .conftest import ALL_CELLS, cell_param
+from .helpers import evaluate_in_one_process, read_results
 
-ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 # The tiny preset's per-method rates where it has one (0.3 for a prompt, 0.1 for (IA)³ vectors), else 0.01.
 TINY_RATES = {method: settings["learning_rate"] for method, settings in load_preset("tiny")["per_method"].items()
               if "learning_rate" in settings}
@@ -41,13 +47,7 @@ LOADING_LINE = {
     "peft": 'model = PeftModel.from_pretrained(base, "{repo}")',
     "adapters": 'base.load_adapter("{repo}", set_active=True, use_safetensors=True)',
 }
-CELLS = [
-    pytest.param(method, implementation, id=f"{method}-{implementation}",
-                 marks=[pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))]
-                 if (method, implementation) == ("adapter", "library") else [])
-    for method in METHODS for implementation in ("scratch", "library")
-    if implementation == "scratch" or METHODS[method].build_library is not None
-]
+CELLS = [cell_param(*cell) for cell in ALL_CELLS]
 
 
 @pytest.fixture
@@ -72,22 +72,17 @@ def kind_of(method: str, implementation: str) -> str:
     return METHODS[method].library_module
 
 
-@pytest.mark.parametrize(("method", "implementation"), CELLS)
-def test_push_sends_only_the_delta_its_config_and_a_card_that_loads_it(method, implementation, fake_upload, tmp_path):
-    repo = f"tester/tiny-{method}-{implementation}"
-    output_dir = tmp_path / "run"
-    results = run_experiment(
-        preset="tiny", method=method, implementation=implementation, max_train_samples=512, max_steps=24,
-        learning_rate=TINY_RATES.get(method, 0.01), max_eval_samples=32, eval_strategy="no",
-        output_dir=str(output_dir), push_to_hub=True, hub_model_id=repo,
-    )
-    assert len(fake_upload) == 1
-    upload, kind = fake_upload[0], kind_of(method, implementation)
+def check_push(uploads, output_dir, results, repo, tmp_path) -> str:
+    """One upload of exactly the cell's files, recorded in results.json, whose card loads a model that predicts every
+    evaluation example as the run did. Returns the pushed card."""
+    method, implementation = results["method"], results["implementation"]
+    assert len(uploads) == 1
+    upload, kind = uploads[0], kind_of(method, implementation)
     pushed = upload["folder"]
     assert {path.name for path in pushed.iterdir()} == FILES[kind]
     assert upload["settings"].repo_id == repo and upload["settings"].token == TOKEN
     assert results["hub"] == {"repo_id": repo, "url": f"https://huggingface.co/{repo}", "files": sorted(FILES[kind])}
-    assert json.loads((output_dir / "results.json").read_text())["hub"] == results["hub"]
+    assert read_results(output_dir)["hub"] == results["hub"]
     weights = sum(math.prod(shape) for path in pushed.glob("*.safetensors") for shape in tensor_shapes(str(path)).values())
     assert weights == results["parameters"]["trainable"]  # the trained delta, nothing of the frozen base
 
@@ -97,7 +92,6 @@ def test_push_sends_only_the_delta_its_config_and_a_card_that_loads_it(method, i
                  f"{results['final_metrics']['eval_accuracy']:.4f}", f"{parameters['trainable']:,} of "
                  f"{parameters['total']:,}", "import hf_peft_suite", LOADING_LINE[kind].format(repo=repo)):
         assert fact in card, fact
-    assert card == (output_dir / "model" / "README.md").read_text()  # the local copy of the card is the same
 
     # Load it the way the card says, from the pushed files, and predict every evaluation example as the run did.
     code = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1).replace(f'"{repo}"', f'"{pushed}"')
@@ -108,6 +102,33 @@ def test_push_sends_only_the_delta_its_config_and_a_card_that_loads_it(method, i
     assert predicted["predictions"] == trained["predictions"]
     assert metrics["eval_accuracy"] == results["final_metrics"]["eval_accuracy"]
     assert results["final_metrics"]["eval_invalid_rate"] < 1.0  # the delta matters: the tiny base writes no label
+    return card
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "implementation"), CELLS)
+def test_push_sends_only_the_delta_its_config_and_a_card_that_loads_it(method, implementation, finished_runs,
+                                                                       copy_run, fake_upload, tmp_path, capsys):
+    repo = f"tester/tiny-{method}-{implementation}"
+    output_dir = copy_run(finished_runs[(method, implementation)], "run")
+    assert main(["push", str(output_dir), "--hub_model_id", repo]) == 0
+    results = read_results(output_dir)
+    assert f"to https://huggingface.co/{repo}" in capsys.readouterr().out
+    check_push(fake_upload, output_dir, results, repo, tmp_path)
+
+
+@pytest.mark.parametrize(("method", "implementation"), [("full", "scratch"), ("lora", "library")])
+def test_push_to_hub_after_training_pushes_the_run_and_the_local_card_is_the_hubs(method, implementation, fake_upload,
+                                                                                 tmp_path):
+    repo = f"tester/tiny-{method}-{implementation}"
+    output_dir = tmp_path / "run"
+    results = run_experiment(
+        preset="tiny", method=method, implementation=implementation, max_train_samples=512, max_steps=24,
+        learning_rate=TINY_RATES.get(method, 0.01), max_eval_samples=32, eval_strategy="no",
+        output_dir=str(output_dir), push_to_hub=True, hub_model_id=repo,
+    )
+    card = check_push(fake_upload, output_dir, results, repo, tmp_path)
+    assert card == (output_dir / "model" / "README.md").read_text()  # the local copy of the card is the same
 
 
 def test_push_needs_a_token_and_a_valid_repository_id_before_training(monkeypatch, tmp_path, capsys):

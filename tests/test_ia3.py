@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import peft
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, HfArgumentParser, T5ForConditionalGeneration
@@ -25,10 +26,9 @@ from hf_peft_suite.methods.ia3 import (
 from hf_peft_suite.methods.peft_files import PEFT_KEY_PREFIX
 from hf_peft_suite.tiny import build_tiny_model
 
+from .conftest import requires_shared
 from .helpers import eval_logits_diff, max_abs_diff, train_checking_frozen
 from .helpers import labelled_batch as batch
-
-peft = pytest.importorskip("peft")
 
 TOLERANCE = 1e-5
 
@@ -135,6 +135,7 @@ def test_over_a_bf16_base_the_vectors_stay_fp32_and_match_peft(tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------------ parameter counts
+@requires_shared
 @pytest.mark.parametrize("implementation", ["scratch", "library"])
 def test_trainable_parameters_on_t5_small_are_peft_defaults_43008(t5_small_path, implementation):
     config = AutoConfig.from_pretrained(t5_small_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import peft
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,10 +29,9 @@ from hf_peft_suite.methods.lora import (
 )
 from hf_peft_suite.tiny import build_tiny_model
 
+from .conftest import requires_shared
 from .helpers import eval_logits_diff, max_abs_diff, train_checking_frozen
 from .helpers import labelled_batch as batch
-
-peft = pytest.importorskip("peft")
 
 OPTIONS = LoRAOptions(lora_r=4, lora_alpha=8, lora_dropout=0.0)
 TOLERANCE = 1e-5
@@ -195,6 +195,7 @@ def lora_parameter_count(config, rank: int, targets: str) -> int:
     return qkvo + 2 * feed_forwards * rank * (config.d_model + config.d_ff)  # wi: d_model -> d_ff, wo: back
 
 
+@requires_shared
 @pytest.mark.parametrize("implementation", ["scratch", "library"])
 @pytest.mark.parametrize(
     "targets, use_dora, expected", [("q,v", False, 294_912), ("all-linear", False, 1_081_344), ("q,v", True, 313_344)]

@@ -10,17 +10,21 @@ import time
 import pytest
 
 from .conftest import REPO_ROOT
-from .helpers import run_cli
 
 
-@pytest.mark.slow
-def test_offline_a_bare_run_fails_in_seconds_with_one_error_line():
+def test_offline_a_bare_run_fails_in_seconds_with_one_error_line(capsys):
+    """``python run_experiment.py``, nothing else, with HF_HUB_OFFLINE=1 (conftest): the command in this process
+    (test_bad_input.py starts a real one for the exit code and the single stderr line)."""
+    from hf_peft_suite.cli import main
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
     started = time.perf_counter()
-    result = run_cli(HF_HUB_OFFLINE="1")  # python run_experiment.py, nothing else
+    code = main([])
     seconds = time.perf_counter() - started
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith("error: cannot load the tokenizer 't5-small'") and "--preset tiny" in result.stderr
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert stderr.startswith("error: cannot load the tokenizer 't5-small'") and "--preset tiny" in stderr
     assert seconds < 40, seconds  # the Hub is not asked (without HF_HUB_OFFLINE it retries for about 50 s here)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 
+import peft
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, T5ForConditionalGeneration
@@ -27,10 +28,9 @@ from hf_peft_suite.methods.prefix_tuning import (
 )
 from hf_peft_suite.tiny import tiny_t5_config
 
+from .conftest import requires_shared
 from .helpers import eval_logits_diff, max_abs_diff, train_checking_frozen
 from .test_prompt_tuning import padded_batch
-
-peft = pytest.importorskip("peft")
 
 TOLERANCE = 1e-5
 GENERATION_SETTINGS = (  # pad and </s> suppressed, so a random base writes tokens to compare
@@ -161,6 +161,7 @@ def test_peft_seq2seq_layout_feeds_half_the_rows_and_both_implementations_follow
 
 
 # ------------------------------------------------------------------------------------------------ counts
+@requires_shared
 @pytest.mark.parametrize(("projection", "expected"), [(False, 122_880), (True, 3_424_768)])
 def test_trainable_parameters_on_t5_small(t5_small_path, projection, expected):
     config = AutoConfig.from_pretrained(t5_small_path)

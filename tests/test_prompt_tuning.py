@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,9 +27,8 @@ from hf_peft_suite.methods.prompt_tuning import (
 )
 from hf_peft_suite.tiny import make_tiny_review
 
+from .conftest import requires_shared
 from .helpers import trainable
-
-peft = pytest.importorskip("peft")
 
 TOLERANCE = 1e-5
 GENERATION_SETTINGS = (
@@ -164,6 +161,7 @@ def t5_small_on_meta(t5_small_path):
 
 
 
+@requires_shared
 def test_trainable_parameters_on_t5_small_are_n_times_d_model_in_both(t5_small_on_meta):
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
@@ -354,26 +352,11 @@ def test_options_parse_from_the_command_line_and_the_method_is_registered(tiny_m
     assert isinstance(model, SoftPromptModel) and model.delta_parameter_names() == ["soft_prompt.prompt_embeddings"]
 
 
-def test_the_scratch_path_never_imports_peft():
-    """Every method's scratch model is built, trained a step, saved, loaded back and generates without peft."""
-    code = (
-        "import sys, tempfile, hf_peft_suite\n"
-        "from transformers import AutoModelForSeq2SeqLM\n"
-        "from hf_peft_suite.methods import METHODS, build_method_model\n"
-        "from hf_peft_suite.tiny import build_tiny_model, build_tiny_tokenizer\n"
-        "tokenizer = build_tiny_tokenizer()\n"
-        "inputs = tokenizer(['great'], return_tensors='pt')\n"
-        "for method in METHODS:\n"
-        "    model = build_method_model(build_tiny_model(), method, 'scratch', None, tokenizer)\n"
-        "    model(**inputs, labels=tokenizer(['positive'], return_tensors='pt').input_ids).loss.backward()\n"
-        "    if method != 'full':\n"
-        "        folder = tempfile.mkdtemp()\n"
-        "        model.save_pretrained(folder)\n"
-        "        model = AutoModelForSeq2SeqLM.from_pretrained(folder, base_model=build_tiny_model())\n"
-        "    model.generate(**inputs, max_new_tokens=2)\n"
-        "assert not [name for name in sys.modules if name.split('.')[0] == 'peft'], 'peft was imported'\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+@pytest.mark.slow
+def test_the_scratch_path_never_imports_peft(fresh_interpreter):
+    """Every method's scratch model is built, trained a step, saved, loaded back and generates without peft (in a
+    fresh interpreter: the session's ``fresh_interpreter``, conftest.py)."""
+    assert fresh_interpreter["peft_imported_by_the_scratch_path"] == []
 
 
 def test_trainer_averages_the_loss_per_batch_for_both_implementations(tiny_model, tiny_tokenizer, tmp_path):

@@ -16,13 +16,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from hf_peft_suite.experiment import run_experiment
-from hf_peft_suite.methods import METHODS, library_problem
 from hf_peft_suite.tiny import build_tiny_tokenizer
 from hf_peft_suite.weights import tensor_shapes
 
-pytestmark = pytest.mark.slow  # real processes or whole training runs
+from .conftest import cell_param
 
-ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 STOP_AFTER = 4  # steps; 3 steps per epoch, so the stop falls inside epoch 2
 RUN = dict(preset="tiny", max_train_samples=96, num_train_epochs=3, max_eval_samples=32, per_device_eval_batch_size=32,
            save_strategy="steps", save_steps=2, group_by_length=True)  # length-grouped batches, reseeded per epoch
@@ -34,8 +32,7 @@ CELLS = [
     pytest.param("ia3", "library", id="ia3-peft"),
     pytest.param("prefix_tuning", "scratch", id="prefix-scratch"),
     pytest.param("prefix_tuning", "library", id="prefix-peft"),
-    pytest.param("adapter", "library", id="adapter-adapterhub",
-                 marks=pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING))),
+    cell_param("adapter", "library", id="adapter-adapterhub"),
 ]
 # What each kind of cell writes for its trainable weights in a checkpoint (beside Trainer's own state files).
 WEIGHT_FILES = {
@@ -69,6 +66,7 @@ def trained_weights(output_dir):
             for name, tensor in load_file(path).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "implementation"), CELLS)
 def test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run(method, implementation, tmp_path):
     cell = dict(RUN, method=method, implementation=implementation)

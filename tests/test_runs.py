@@ -1,48 +1,28 @@
-"""A finished run used again: ``evaluate`` and ``predict`` (CLI and Python) for every cell, on its own and other data."""
+"""A finished run used again: ``evaluate`` and ``predict`` (CLI and Python) for every cell, on its own and other data.
+
+The finished runs are the session's (``finished_runs`` in conftest.py: the main job's run of every installed cell);
+they are read here, never written into.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 
 from hf_peft_suite import evaluate_run, load_run
 from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
-from hf_peft_suite.methods import METHODS, library_problem
 
-from .helpers import read_results, run_cli, write_split_files
+from .conftest import ALL_CELLS, TWO_PROCESS_EVALUATION, cell_param
+from .helpers import read_results, write_split_files
 
 pytestmark = pytest.mark.slow  # every cell is trained first
 
-EVAL_EXAMPLES = 41  # odd: two processes get 21 and 20
-TRAINING = {"preset": "tiny", "max_steps": 40, "max_eval_samples": EVAL_EXAMPLES, "per_device_eval_batch_size": 8}
-CELLS = [
-    pytest.param(name, implementation, id=f"{name}-{implementation}",
-                 marks=[pytest.mark.skipif(library_problem(method) is not None and implementation == "library",
-                                           reason=str(library_problem(method)))])
-    for name, method in METHODS.items() for implementation in ("scratch", "library")
-    if implementation == "scratch" or method.build_library is not None
-]
+CELLS = [cell_param(*cell) for cell in ALL_CELLS]
 REQUIRED_KEYS = {"eval_accuracy", "eval_macro_f1", "eval_invalid_rate", "eval_num_scored", "eval_loss",
                  "eval_runtime", "eval_samples_per_second"}
-
-
-@pytest.fixture(scope="module")
-def finished_runs(tmp_path_factory):
-    """One short tiny run per installed cell, trained once for the module."""
-    root = tmp_path_factory.mktemp("runs")
-    runs = {}
-    for name, method in METHODS.items():
-        for implementation in ("scratch", "library"):
-            if implementation == "library" and (method.build_library is None or library_problem(method)):
-                continue
-            run_experiment(method=name, implementation=implementation, output_dir=str(root / f"{name}-{implementation}"),
-                           **TRAINING)
-            runs[(name, implementation)] = root / f"{name}-{implementation}"
-    return runs
 
 
 @pytest.mark.parametrize(("method", "implementation"), CELLS)
@@ -73,26 +53,17 @@ def test_evaluate_on_other_data_from_python(finished_runs, tmp_path):
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_evaluate_under_two_processes_scores_as_one_process_does(launcher, finished_runs, tmp_path):
-    from .conftest import REPO_ROOT
-    from .helpers import free_port
-
-    run_dir = finished_runs[("lora", "library")] if ("lora", "library") in finished_runs else \
-        finished_runs[("lora", "scratch")]
-    command = {
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                       str(REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"), "--main_process_port",
-                       str(free_port())],
-    }[launcher]
-    result = run_cli("evaluate", run_dir, "--output_dir", tmp_path / "two", launcher=command)
+def test_evaluate_under_two_processes_scores_as_one_process_does(launcher, two_process_evaluations, finished_runs,
+                                                                   tmp_path):
+    """``hf-peft-suite evaluate`` of the peft LoRA run by two processes (the session's ``two_process_evaluations``),
+    against the same evaluation in this process."""
+    result, two_dir = two_process_evaluations[launcher]
     assert result.returncode == 0, result.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
-    assert two["world_size"] == 2 and two["eval_num_scored"] == EVAL_EXAMPLES
-    one = evaluate_run(run_dir, output_dir=tmp_path / "one")
+    two = json.loads((two_dir / "eval_results.json").read_text())
+    assert two["world_size"] == 2 and two["eval_num_scored"] == TWO_PROCESS_EVALUATION["max_eval_samples"]
+    one = evaluate_run(finished_runs[("lora", "library")], output_dir=tmp_path / "one", **TWO_PROCESS_EVALUATION)
     assert one["eval_accuracy"] == two["eval_accuracy"] and abs(one["eval_loss"] - two["eval_loss"]) <= 1e-5
-    assert (tmp_path / "two" / "eval_predictions.json").read_text() == \
-        (tmp_path / "one" / "eval_predictions.json").read_text()
+    assert (two_dir / "eval_predictions.json").read_text() == (tmp_path / "one" / "eval_predictions.json").read_text()
 
 
 @pytest.mark.parametrize(("method", "implementation"), CELLS)
