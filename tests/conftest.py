@@ -377,9 +377,12 @@ def pytest_collection_modifyitems(session, config, items):
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
     """The session's :class:`Background` commands, started now for the collected tests that need them."""
+    import atexit
+
     needed = {name for item in request.session.items for name in item.fixturenames}
     lane = Background(background_commands(tmp_path_factory.mktemp("background")),
                       [name for name in BACKGROUND if name in needed])
+    atexit.register(lane.stop)  # (also when the session ends without tearing its fixtures down)
     yield lane
     lane.stop()
 

@@ -276,6 +276,7 @@ def resumable(*names: str) -> list:
     return [pytest.param(name, marks=[requires_adapterhub] if name == "adapter-adapterhub" else []) for name in names]
 
 
+@pytest.mark.slow  # (trains runs of its own)
 def test_resume_from_a_checkpoint_that_does_not_exist_or_is_not_one(stopped_runs, tmp_path, capsys):
     run = copy_run(stopped_runs, "lora-scratch", tmp_path)
     assert_refused([*QUICK, "--method", "lora", "--output_dir", run, "--resume_from_checkpoint", run / "checkpoint-9"],

@@ -209,6 +209,7 @@ def test_resuming_into_a_finished_run_from_another_folders_checkpoint_is_refused
                    full_run_with_checkpoints)
 
 
+@pytest.mark.slow  # (trains runs of its own)
 def test_overwrite_output_dir_replaces_the_previous_runs_checkpoints_too(tmp_path):
     run = tmp_path / "run"
     assert main([*QUICK, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--output_dir",
@@ -297,6 +298,7 @@ def test_evaluation_classes_never_seen_in_training_warn(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ 8. a busy machine
+@pytest.mark.slow  # (trains runs of its own)
 def test_the_tiny_preset_trains_on_one_thread_and_the_flag_sets_any_count(tmp_path):
     """Whatever count torch had before the run (another count than expected, as a machine's default would be), the
     tiny preset trains on 1 thread and --num_threads N on N."""

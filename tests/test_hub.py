@@ -117,6 +117,7 @@ def test_push_sends_only_the_delta_its_config_and_a_card_that_loads_it(method, i
     check_push(fake_upload, output_dir, results, repo, tmp_path)
 
 
+@pytest.mark.slow  # (trains runs of its own)
 @pytest.mark.parametrize(("method", "implementation"), [("full", "scratch"), ("lora", "library")])
 def test_push_to_hub_after_training_pushes_the_run_and_the_local_card_is_the_hubs(method, implementation, fake_upload,
                                                                                  tmp_path):
