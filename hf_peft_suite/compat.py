@@ -320,36 +320,39 @@ def _cache_argument_present() -> str | None:
 TRAINER = "transformers.trainer:Trainer"
 SEQ2SEQ_TRAINER = "transformers.trainer_seq2seq:Seq2SeqTrainer"
 INTERNALS: tuple[Internal, ...] = (
-    # ---- transformers: Trainer's private methods that GenerationAccuracyTrainer overrides or calls (trainer.py)
+    # ---- transformers: Trainer's private methods that GenerationAccuracyTrainer overrides or calls (trainer.py and
+    # its mixins, checkpoints.py and sampling.py)
     Internal("transformers", "Trainer._get_train_sampler(train_dataset)",
-             "trainer.py: --group_by_length batches drawn from (seed, epoch), so a resumed run sees the same batches",
+             "sampling.py: --group_by_length batches drawn from (seed, epoch), so a resumed run sees the same batches",
              _has(f"{TRAINER}._get_train_sampler"), ("test_resume.py::test_length_grouped_order_depends_on_the_seed_and_the_epoch_only", "test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run")),
     Internal("transformers", "Trainer._get_eval_sampler(eval_dataset)",
-             "trainer.py: evaluation in the dataset's own order, also under --group_by_length",
+             "sampling.py: evaluation in the dataset's own order, also under --group_by_length",
              _has(f"{TRAINER}._get_eval_sampler", "eval_dataset"),
              ("test_distributed.py::test_two_processes_score_every_example_once_as_one_process_does",)),
     Internal("transformers", "Trainer._save(output_dir, state_dict)",
-             "trainer.py: checkpoints and model/ hold only the trainable weights, in the cell's artifact format",
+             "checkpoints.py: checkpoints and model/ hold only the trainable weights, in the cell's artifact format",
              _has(f"{TRAINER}._save", "output_dir", "state_dict"),
              ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run", "test_methods_train.py::test_peft_artifacts_are_a_small_fraction_of_the_full_model")),
     Internal("transformers", "Trainer._load_from_checkpoint(resume_from_checkpoint, model)",
-             "trainer.py: resuming loads the cell's own format and refuses a foreign checkpoint with one line",
+             "checkpoints.py: resuming loads the cell's own format and refuses a foreign checkpoint with one line",
              _has(f"{TRAINER}._load_from_checkpoint", "resume_from_checkpoint", "model"),
              ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run", "test_bad_input.py::test_resume_from_a_corrupted_or_truncated_adapter_file")),
-    Internal("transformers", "Trainer._issue_warnings_after_load(load_result)",
-             "trainer.py: a checkpoint missing trainable weights is refused instead of warned about",
-             _has(f"{TRAINER}._issue_warnings_after_load", "load_result"),
-             ("test_bad_input.py::test_resume_with_another_method_or_other_options",)),
+    Internal("transformers", "Trainer._load_best_model() (reads state.best_model_checkpoint)",
+             "checkpoints.py: --load_best_model_at_end loads the best checkpoint through the cell's own format "
+             "(Trainer's loader does not know AdapterHub's adapter file)",
+             _all_of(_has(f"{TRAINER}._load_best_model"),
+                     _source_mentions(f"{TRAINER}._load_best_model", "self.state.best_model_checkpoint")),
+             ("test_trainer_flags.py::test_the_saved_model_is_the_best_checkpoint_in_every_format",)),
     Internal("transformers", "Trainer._load_optimizer_and_scheduler(checkpoint)",
-             "trainer.py: damaged optimizer or scheduler state is one error line",
+             "checkpoints.py: damaged optimizer or scheduler state is one error line",
              _has(f"{TRAINER}._load_optimizer_and_scheduler", "checkpoint"),
              ("test_bad_input.py::test_resume_never_runs_a_pickle_payload_in_a_checkpoint",)),
     Internal("transformers", "Trainer._load_rng_state(checkpoint)",
-             "trainer.py: damaged random-number-generator state is one error line",
+             "checkpoints.py: damaged random-number-generator state is one error line",
              _has(f"{TRAINER}._load_rng_state", "checkpoint"),
              ("test_bad_input.py::test_resume_never_runs_a_pickle_payload_in_a_checkpoint",)),
     Internal("transformers", "Trainer.get_batch_samples(epoch_iterator, num_batches, device) (undocumented)",
-             "trainer.py: a run resumed at --max_steps trains no step past it",
+             "checkpoints.py: a run resumed at --max_steps trains no step past it",
              _has(f"{TRAINER}.get_batch_samples", "epoch_iterator", "num_batches", "device"),
              ("test_hardening.py::test_a_run_resumed_from_its_last_checkpoint_ends_exactly_where_the_uninterrupted_run_ends",)),
     Internal("transformers", "Trainer._prepare_inputs(inputs)",
@@ -357,20 +360,39 @@ INTERNALS: tuple[Internal, ...] = (
              _has(f"{TRAINER}._prepare_inputs", "inputs"),
              ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss",)),
     Internal("transformers", "Seq2SeqTrainer._gen_kwargs, Trainer.label_smoother / is_fsdp_enabled / "
-             "is_deepspeed_enabled (instance attributes)",
+             "is_deepspeed_enabled (instance attributes), and the label smoother called as "
+             "label_smoother(model_output, labels)",
              "trainer.py: the one-pass prediction step reads evaluate()'s generation settings and falls back to two "
-             "passes under label smoothing, FSDP and DeepSpeed",
+             "passes under FSDP and DeepSpeed; compute_loss smooths the loss with Trainer's smoother and "
+             "eval_loss stays the plain cross-entropy",
              _all_of(_source_mentions(f"{SEQ2SEQ_TRAINER}.evaluate", "self._gen_kwargs"),
                      _source_mentions(TRAINER, "self.label_smoother", "self.is_fsdp_enabled",
-                                      "self.is_deepspeed_enabled")),
-             ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss", "test_evaluation.py::test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own")),
+                                      "self.is_deepspeed_enabled"),
+                     _has("transformers.trainer_pt_utils:LabelSmoother.__call__", "model_output", "labels")),
+             ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss", "test_evaluation.py::test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own",
+              "test_trainer_flags.py::test_label_smoothing_smooths_the_training_loss_and_leaves_eval_loss_plain")),
+    Internal("transformers", "Trainer.neftune_noise_alpha (the instance attribute train() reads to add NEFTune's "
+             "noise)",
+             "trainer.py: takes --neftune_noise_alpha from Trainer and adds the noise with neftune.NoisyEmbeddings, "
+             "which finds every cell's embeddings",
+             _source_mentions(TRAINER, "self.neftune_noise_alpha"),
+             ("test_trainer_flags.py::test_flags_that_change_the_training_curve",)),
+    Internal("transformers", "Trainer.get_optimizer_cls_and_kwargs(args, model) (a static method), "
+             "transformers.integrations.get_reporting_integration_callbacks(report_to) and the callbacks' "
+             "refusal to be built without their package, transformers.utils.is_liger_kernel_available",
+             "training_flags.py: a flag whose optional package is missing is refused before anything is written",
+             _all_of(_has(f"{TRAINER}.get_optimizer_cls_and_kwargs", "args", "model"),
+                     _has("transformers.integrations:get_reporting_integration_callbacks", "report_to"),
+                     _has("transformers.utils:is_liger_kernel_available")),
+             ("test_trainer_flags.py::test_every_report_to_integration_without_its_package_is_one_error_line",
+              "test_trainer_flags.py::test_every_optimizer_trainer_cannot_build_here_is_one_error_line")),
     Internal("transformers", "transformers.trainer_pt_utils.LengthGroupedSampler(..., generator=) and its "
              "generator attribute",
-             "trainer.py: the epoch-seeded --group_by_length order",
+             "sampling.py: the epoch-seeded --group_by_length order",
              _has("transformers.trainer_pt_utils:LengthGroupedSampler", "generator"),
              ("test_resume.py::test_length_grouped_order_depends_on_the_seed_and_the_epoch_only",)),
     Internal("transformers", "transformers.trainer.TRAINING_ARGS_NAME, TRAINER_STATE_NAME",
-             "trainer.py, run_folder.py: the files of a checkpoint",
+             "checkpoints.py, run_folder.py: the files of a checkpoint",
              _all_of(_has("transformers.trainer:TRAINING_ARGS_NAME"), _has("transformers.trainer:TRAINER_STATE_NAME")),
              ("test_resume.py::test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_run",)),
     # ---- transformers: models, loading, generation

@@ -1,7 +1,8 @@
 """From generated token ids to label ids to accuracy, macro-F1 and invalid-output rate.
 
 The numbers come from the ``evaluate`` module shipped in ``evaluate_modules/label_accuracy`` (loaded by path, so it
-works offline); this file turns generations into the class ids that module scores.
+works offline); this file turns generations into the class ids that module scores, and defines what a user's
+``compute_metrics`` receives (:class:`GeneratedLabels`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from transformers import EvalPrediction
 
 LABEL_METRIC_PATH = str(Path(__file__).parent / "evaluate_modules" / "label_accuracy")
 INVALID = -1
@@ -57,3 +59,28 @@ class LabelScorer:
         if self._metric is None:
             self._metric = load_label_metric()
         return self._metric.compute(predictions=predictions, references=references, num_labels=len(self.label_words))
+
+
+class GeneratedLabels(EvalPrediction):
+    """What a user's ``compute_metrics`` receives, once per evaluation: Trainer's ``EvalPrediction`` as
+    ``Seq2SeqTrainer`` gives it under ``predict_with_generate``, plus what the scorer made of it. One row per
+    evaluation example (each once, also under several processes), in the order of the evaluation set.
+
+    Attributes:
+        predictions: the generated token ids (``np.ndarray``, ``(examples, tokens)``; padded with the pad token).
+        label_ids: the reference token ids (padded with -100, as Trainer gives them).
+        inputs: the input ids when ``--include_for_metrics inputs`` is given, else ``None``.
+        texts: the generated texts, decoded without special tokens.
+        predicted_class_ids: the class id of each generated text (-1: no label word).
+        reference_class_ids: the class id of each reference.
+        label_words: the word of each class id.
+
+    ``predictions, label_ids = eval_prediction`` unpacks it as an ``EvalPrediction``, so a function written for
+    ``Seq2SeqTrainer`` works unchanged.
+    """
+
+    def __init__(self, predictions, label_ids, inputs=None, *, texts: list[str], predicted_class_ids: np.ndarray,
+                 reference_class_ids: np.ndarray, label_words: list[str]):
+        super().__init__(predictions=predictions, label_ids=label_ids, inputs=inputs)
+        self.texts, self.label_words = texts, list(label_words)
+        self.predicted_class_ids, self.reference_class_ids = predicted_class_ids, reference_class_ids

@@ -93,6 +93,20 @@ def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise UsageError(f"cannot read {path} ({first_line(error)}); the file is corrupted or truncated") from None
 
 
+def sharded_tensor_shapes(index_path: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a sharded safetensors model (``model.safetensors.index.json`` and its shards), from the
+    shards' headers; a damaged index or shard is a UsageError."""
+    try:
+        with open(index_path, encoding="utf-8") as file:
+            weight_map = json.load(file)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"cannot read {index_path} ({first_line(error)}); the file is damaged") from None
+    shapes = {}
+    for shard in sorted(set(weight_map.values())):
+        shapes.update(tensor_shapes(os.path.join(os.path.dirname(index_path), shard)))
+    return shapes
+
+
 def load_tensors(path: str) -> dict:
     """All tensors of a safetensors file; a damaged or truncated file is a UsageError."""
     from safetensors.torch import load_file

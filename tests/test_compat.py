@@ -113,13 +113,17 @@ def test_each_internal_names_tests_that_exist(internal):
 
 
 def test_the_contract_covers_every_private_trainer_method_the_trainer_overrides():
+    """Every private Trainer method any class of the package's trainer overrides (the trainer and its mixins)."""
     from hf_peft_suite import trainer
 
-    overridden = {name for name, value in vars(trainer.GenerationAccuracyTrainer).items()
+    ours = [cls for cls in trainer.GenerationAccuracyTrainer.__mro__ if cls.__module__.startswith("hf_peft_suite.")]
+    overridden = {name for cls in ours for name, value in vars(cls).items()
                   if name.startswith("_") and not name.startswith("__") and callable(value)
                   and hasattr(trainer.Seq2SeqTrainer, name)}
     listed = " ".join(internal.api for internal in compat.INTERNALS)
+    assert {cls.__name__ for cls in ours} == {"GenerationAccuracyTrainer", "ArtifactCheckpoints", "SeededSampling"}
     assert overridden and all(f"Trainer.{name}(" in listed for name in overridden), overridden
+    assert "_load_best_model" in overridden and "get_batch_samples" in listed
 
 
 def test_a_removed_trainer_method_stops_a_run_with_one_error_line_before_anything_is_written(

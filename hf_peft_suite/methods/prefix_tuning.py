@@ -346,13 +346,17 @@ class PeftPrefixFormat(PeftAdapterFormat):
     """peft's adapter format, refusing to resume a projected prefix: peft saves the prefix its MLP computed, not the
     MLP, so a checkpoint of ``--prefix_projection true`` cannot be trained further."""
 
-    def check(self, model, directory: str) -> None:
+    def reload_problem(self, model) -> str | None:
         if model.peft_config["default"].prefix_projection:
-            raise UsageError(
-                "peft saves a prefix-tuning adapter as the prefix its MLP computed, not the MLP "
-                "(--prefix_projection true), so training cannot resume from it; resume with --implementation scratch, "
-                "which saves the MLP, or start again"
-            )
+            return ("peft saves a prefix-tuning adapter as the prefix its MLP computed, not the MLP "
+                    "(--prefix_projection true), so a checkpoint cannot be loaded back into the model that trains; "
+                    "use --implementation scratch, which saves the MLP")
+        return None
+
+    def check(self, model, directory: str) -> None:
+        problem = self.reload_problem(model)
+        if problem:
+            raise UsageError(problem)
         super().check(model, directory)
 
     def load_trained(self, directory: str, base):
