@@ -207,11 +207,12 @@ class TrainingArguments(Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         restore_launcher_environment()
-        if self.fp16:
-            raise UsageError(
-                "--fp16 is refused: T5 overflows in float16 (its feed-forward output exceeds the fp16 range and the "
-                "loss becomes NaN); use --bf16 instead"
-            )
+        for flag in ("fp16", "fp16_full_eval"):
+            if getattr(self, flag):
+                raise UsageError(
+                    f"--{flag} is refused: T5 overflows in float16 (its feed-forward output exceeds the fp16 range and "
+                    f"the loss becomes NaN); use --{flag.replace('fp16', 'bf16')} instead"
+                )
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be at least 1, not {getattr(self, name)}")
@@ -224,6 +225,7 @@ class TrainingArguments(Seq2SeqTrainingArguments):
                 "--predict_with_generate false would score no generated label words, which is what evaluation "
                 "measures here; leave it out (it is true)"
             )
+        self._refuse_what_generation_scoring_cannot_do()
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise UsageError(
                 f"--num_train_epochs {self.num_train_epochs:g} trains nothing; give a positive number of epochs or "
@@ -253,6 +255,22 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             raise
         except (ValueError, ImportError) as error:
             raise UsageError(f"invalid training arguments: {error}") from None
+
+
+    def _refuse_what_generation_scoring_cannot_do(self) -> None:
+        """Flags that would take from evaluation what it scores: the generated words of the whole set, by label."""
+        if self.prediction_loss_only:
+            raise UsageError("--prediction_loss_only would skip generation, and evaluation here scores the generated "
+                             "label words (eval_loss is computed too); leave it out")
+        if self.batch_eval_metrics:
+            raise UsageError("--batch_eval_metrics is not supported: accuracy and macro-F1 are computed once over the "
+                             "whole evaluation set, each example once (also under several processes); leave it out")
+        if not self.eval_do_concat_batches:
+            raise UsageError("--eval_do_concat_batches false is not supported: the scorer needs the generated words "
+                             "of the whole evaluation set in one array; leave it out")
+        if self.label_names not in (None, ["labels"]):
+            raise UsageError(f"--label_names {' '.join(self.label_names)}: the prepared data holds its targets as "
+                             f"'labels'; leave --label_names out")
 
 
 def _has_accelerator() -> bool:
@@ -330,10 +348,48 @@ def parse_flags(argv: list[str], parser: argparse.ArgumentParser | None = None) 
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [item for item in unknown if item.startswith("-")] or unknown
-        close = difflib.get_close_matches(flags[0].lstrip("-").split("=")[0], all_argument_names(), n=1)
-        hint = f"; did you mean --{close[0]}?" if close else "; see --help for the valid flags"
-        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        name = flags[0].lstrip("-").split("=")[0]
+        hint = NOT_FLAGS.get(name) or next((f"did you mean --{close}?" for close in [closest_argument(name)] if close),
+                                           "see --help for the valid flags")
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}; {hint}")
     return vars(namespace)
+
+
+# Names users bring from other tools or older transformers releases, and the argument with the same meaning here
+# (preferred to the closest spelling, which may mean something else: --num_beams is not --num_train_epochs).
+SAME_MEANING = {
+    "num_beams": "generation_num_beams",
+    "evaluation_strategy": "eval_strategy",  # transformers' old name (removed in 4.46)
+    "activation_checkpointing": "gradient_checkpointing",  # transformers 5.x's name; 4.57 has only the old one
+    "no_cuda": "use_cpu",
+    "lr": "learning_rate",
+    "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
+    "train_batch_size": "per_device_train_batch_size",
+    "eval_batch_size": "per_device_eval_batch_size",
+    "max_seq_length": "max_source_length",
+    "max_input_length": "max_source_length",
+    "max_target_length": "generation_max_length",
+    "model": "model_name_or_path",
+    "model_name": "model_name_or_path",
+    "dataset": "dataset_name",
+    "lora_rank": "lora_r",
+}
+# Names that are no argument at all, and what to do instead.
+NOT_FLAGS = {
+    "compute_metrics": "compute_metrics is a Python function: pass it to run_experiment(compute_metrics=...) or to "
+                       "GenerationAccuracyTrainer (docs/api.md)",
+    "callbacks": "callbacks are Python objects: pass them to run_experiment(callbacks=[...])",
+}
+
+
+def closest_argument(name: str) -> str | None:
+    """The argument a mistyped ``name`` most likely means: the one with the same meaning, else the closest spelling."""
+    known = all_argument_names()
+    if SAME_MEANING.get(name) in known:
+        return SAME_MEANING[name]
+    close = difflib.get_close_matches(name, known, n=1)
+    return close[0] if close else None
 
 
 def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
@@ -413,9 +469,9 @@ def check_known_keys(config: dict[str, Any], source: str) -> None:
                     raise UsageError(f"{source}: {PER_METHOD_KEY} names an unknown method {method!r}")
                 check_known_keys(settings, f"{source} ({PER_METHOD_KEY}.{method})")
         elif key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the valid names"
-            raise UsageError(f"{source} has an unknown key {key!r}{hint}")
+            close = closest_argument(key)
+            hint = NOT_FLAGS.get(key) or (f"did you mean {close!r}?" if close else "see --help for the valid names")
+            raise UsageError(f"{source} has an unknown key {key!r}; {hint}")
 
 
 def settings_for_method(settings: dict[str, Any], method: str) -> dict[str, Any]:
