@@ -14,11 +14,13 @@ What ``output_dir`` holds afterwards:
 
 - ``results.json``: the full configuration, the task (``input_template``, ``label_map``), per-epoch train loss and
   eval metrics (epoch 0 first with ``--eval_on_start``: the model before training, also in ``before_training``), best
-  accuracy and its epoch (over the evaluations after training began), parameter counts, runtimes and throughput, peak
-  memory, artifact size, library versions;
+  accuracy and its epoch (over the evaluations after training began), which evaluation the saved model is
+  (``saved_model``) and its metrics (``final_metrics``), every dict Trainer logged (``log_history``: per-step losses,
+  learning rates, counters), parameter counts, runtimes and throughput, peak memory, artifact size, library versions;
 - ``model/``: the trained artifact (the whole model for full fine-tuning; only the delta and its config for PEFT
-  methods), the tokenizer and a model card (``README.md``);
-- ``eval_predictions.json``: the class id generated for each evaluation example in the last evaluation (-1: no label
+  methods), the tokenizer and a model card (``README.md``): the last evaluation's model, or with
+  ``--load_best_model_at_end`` the best checkpoint's;
+- ``eval_predictions.json``: the class id the saved model generated for each evaluation example (-1: no label
   word) and its reference, in the order of the evaluation set: every example once, however many processes ran;
 - ``base_model/``: the frozen base, only when it cannot be loaded by name (the built-in tiny model, ``--random_init``),
   so that ``model/`` stays loadable;
@@ -26,13 +28,16 @@ What ``output_dir`` holds afterwards:
   optimizer and scheduler state; see docs/checkpoints.md).
 
 Nothing is written before every argument, the data, the model and the method's options have been checked, so a
-mistake never leaves a half-written ``output_dir`` behind (nor touches a previous run in it).
+mistake never leaves a half-written ``output_dir`` behind (nor touches a previous run in it). A run that fails or is
+stopped before its first checkpoint removes what it wrote (``base_model/``, and the folder it made), so the corrected
+run can start there again.
 """
 
 from __future__ import annotations
 
 import platform
 import resource
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,44 +58,57 @@ from .plots import write_run_figure
 from .progress import attach_console, run_label
 from .quiet import library_output
 from .report import before_training, trained_history
-from .run_folder import FolderClaim, prepare_output_dir, remove_previous_run, write_predictions, write_results
+from .run_folder import (FolderClaim, checkpoints_in, prepare_output_dir, remove_previous_run, write_predictions,
+                         write_results)
 from .tiny import TINY_MODEL_NAME
-from .trainer import TRAINING_ARGS_NAME, GenerationAccuracyTrainer
+from .trainer import TRAINING_ARGS_NAME, GenerationAccuracyTrainer, UserMetrics
+from .training_flags import check_training_flags
 from .version import __version__
 from .weights import load_tensors
 
 
-def run_experiment(argv: list[str] | None = None, callbacks: list | None = None, **kwargs) -> dict:
+def run_experiment(argv: list[str] | None = None, callbacks: list | None = None,
+                   compute_metrics: UserMetrics | None = None, **kwargs) -> dict:
     """Run one experiment and return its results (also written to ``output_dir/results.json``).
 
     Takes the CLI's arguments as keywords (``method="lora", lora_r=16, max_steps=5, preset="tiny"``), or a list of
     command-line strings as ``argv`` (both: the keywords win). ``callbacks`` are ``transformers.TrainerCallback``s
-    added to the Trainer.
+    added to the Trainer. ``compute_metrics`` adds a user's metrics to every evaluation (it receives a
+    :class:`~hf_peft_suite.metrics.GeneratedLabels`; see :class:`~hf_peft_suite.trainer.GenerationAccuracyTrainer`).
     """
-    return run_parsed_experiment(parse_arguments(list(argv or []), **kwargs), callbacks=callbacks)
+    return run_parsed_experiment(parse_arguments(list(argv or []), **kwargs), callbacks=callbacks,
+                                 compute_metrics=compute_metrics)
 
 
-def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None) -> dict:
+def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None,
+                          compute_metrics: UserMetrics | None = None) -> dict:
     """Run one experiment from already parsed arguments (see :func:`run_experiment` and the module docstring).
 
     The libraries are quiet while it runs (:mod:`hf_peft_suite.quiet`; ``verbose=True`` brings their logs back)."""
     with library_output(args.experiment.verbose):
-        return _run_stages(args, callbacks)
+        return _run_stages(args, callbacks, compute_metrics)
 
 
-def _run_stages(args: ParsedArguments, callbacks: list | None) -> dict:
+def _run_stages(args: ParsedArguments, callbacks: list | None, compute_metrics: UserMetrics | None) -> dict:
     plan = prepare(args)
-    built = build(plan)
+    built = build(plan, user_metrics=compute_metrics is not None)
+    made_folder = plan.args.training.process_index == 0 and not plan.output_dir.exists()
     claim = claim_output_dir(plan)  # the first write: everything above only read and checked
     try:
-        trainer = make_trainer(plan, built, callbacks)
-        train_output, history = train(plan, trainer)
+        trainer = make_trainer(plan, built, callbacks, compute_metrics)
+        try:
+            train_output, history = train(plan, trainer)
+        except BaseException:
+            discard_unfinished_run(plan)
+            raise
         artifact_size = save_trained_model(plan, trainer)
         results = collect_results(plan, built, trainer, train_output, history, artifact_size)
         if trainer.is_world_process_zero():
             publish(plan, trainer, results)
     finally:
         claim.release()
+        if made_folder and plan.output_dir.is_dir() and not any(plan.output_dir.iterdir()):
+            plan.output_dir.rmdir()  # a failed run that took back what it wrote leaves no folder either
     return results
 
 
@@ -157,9 +175,11 @@ class Built:
     parameters: dict[str, float]
 
 
-def build(plan: Plan) -> Built:
+def build(plan: Plan, user_metrics: bool = False) -> Built:
     """Load the tokenizer, the data and the base, and apply the method (which checks its options); check that they
-    fit together and, when resuming, that the checkpoint fits the model. Nothing is written."""
+    fit together, that the training flags' packages are installed (:mod:`hf_peft_suite.training_flags`), and, when
+    resuming or loading the best model at the end, that the model's checkpoints can be loaded back. Nothing is
+    written."""
     from transformers import set_seed
 
     args, training = plan.args, plan.args.training
@@ -177,6 +197,8 @@ def build(plan: Plan) -> Built:
         check_same_base_as_resumed_run(plan, base)
         base.name_or_path = base.config.name_or_path = BASE_FOLDER
     model = plan.method.builder(args.experiment.implementation)(base, args.options, tokenizer)
+    check_training_flags(training, model, user_metrics)
+    check_checkpoints_reload(plan, model)
     if training.resume_from_checkpoint:
         check_resume_checkpoint(plan, model)
     return Built(tokenizer=tokenizer, data=data, model=model, parameters=count_parameters(model))
@@ -219,6 +241,18 @@ def check_same_base_as_resumed_run(plan: Plan, base) -> None:
         )
 
 
+def check_checkpoints_reload(plan: Plan, model) -> None:
+    """Resuming and ``--load_best_model_at_end`` load a checkpoint back into the model: refuse, before training, a
+    cell whose checkpoints cannot be (peft's projected prefix)."""
+    training = plan.args.training
+    if not (training.load_best_model_at_end or training.resume_from_checkpoint):
+        return
+    problem = plan.method.artifact_format(plan.args.experiment.implementation).reload_problem(model)
+    if problem:
+        flag = "--load_best_model_at_end" if training.load_best_model_at_end else "--resume_from_checkpoint"
+        raise UsageError(f"{flag} cannot be used with this cell: {problem}")
+
+
 def check_resume_checkpoint(plan: Plan, model) -> None:
     checkpoint = plan.args.training.resume_from_checkpoint
     try:
@@ -256,7 +290,8 @@ def _from_process_zero(value):
     return shared[0]
 
 
-def make_trainer(plan: Plan, built: Built, callbacks: list | None = None) -> GenerationAccuracyTrainer:
+def make_trainer(plan: Plan, built: Built, callbacks: list | None = None,
+                 compute_metrics: UserMetrics | None = None) -> GenerationAccuracyTrainer:
     from transformers import DataCollatorForSeq2Seq
 
     trainer = GenerationAccuracyTrainer(
@@ -268,6 +303,7 @@ def make_trainer(plan: Plan, built: Built, callbacks: list | None = None) -> Gen
         processing_class=built.tokenizer,
         label_words=built.data.label_words,
         artifact_format=plan.method.artifact_format(plan.args.experiment.implementation),
+        compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
     args = plan.args
@@ -278,17 +314,30 @@ def make_trainer(plan: Plan, built: Built, callbacks: list | None = None) -> Gen
 
 # ------------------------------------------------------------------------------------------------------ train
 def train(plan: Plan, trainer: GenerationAccuracyTrainer):
-    """Write the random base where the delta needs it, train, and evaluate once at the end if training never did.
+    """Write the random base where the delta needs it, train, and evaluate the final weights once more if training
+    did not (``--eval_strategy no``, or evaluation by steps that does not fall on the last one), so the results
+    always describe the model that is saved. With ``--load_best_model_at_end`` the saved model is the best
+    checkpoint's, which was evaluated when it was written.
 
     Returns Trainer's ``TrainOutput`` and the per-evaluation history (:func:`epoch_history`).
     """
     save_random_base(plan)
     train_output = trainer.train(resume_from_checkpoint=plan.args.training.resume_from_checkpoint)
     history = epoch_history(trainer.state.log_history)
-    if not trained_history(history):  # no evaluation after training began (--eval_strategy no): evaluate at the end
+    best_loaded = plan.args.training.load_best_model_at_end and trainer.state.best_model_checkpoint
+    if not trained_history(history) or (not best_loaded and history[-1]["step"] != trainer.state.global_step):
         trainer.evaluate()
         history = epoch_history(trainer.state.log_history)
     return train_output, history
+
+
+def discard_unfinished_run(plan: Plan) -> None:
+    """Training failed or was stopped (process 0): without a checkpoint there is nothing to resume, so remove the
+    random base this run wrote, and the corrected run can start in the same folder."""
+    if plan.args.training.process_index != 0 or plan.args.training.resume_from_checkpoint:
+        return
+    if not checkpoints_in(plan.output_dir):
+        shutil.rmtree(plan.output_dir / BASE_FOLDER, ignore_errors=True)
 
 
 def save_random_base(plan: Plan) -> None:
@@ -322,7 +371,8 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
     """The record written to ``results.json`` (its keys are documented in README.md and docs/api.md)."""
     args, data = plan.args, built.data
     trained, start = trained_history(history), before_training(history)
-    final, best = trained[-1], max(trained, key=lambda row: row["eval_accuracy"])
+    best = max(trained, key=lambda row: row["eval_accuracy"])
+    saved, final = saved_model(trainer, history)
     peak_memory_mb, memory_kind = peak_memory()
     return {
         "method": args.experiment.method,
@@ -343,7 +393,8 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
         "best_accuracy": best["eval_accuracy"],
         "best_epoch": best["epoch"],
         "before_training": {key: value for key, value in start.items() if key.startswith("eval_")} if start else None,
-        "final_metrics": {key: value for key, value in final.items() if key.startswith("eval_")},
+        "saved_model": saved,
+        "final_metrics": final,
         "parameters": built.parameters,
         "train_runtime_s": train_output.metrics.get("train_runtime"),
         "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
@@ -358,13 +409,42 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
         "started_at": plan.started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": args.to_dict(),
+        "log_history": trainer.state.log_history,
     }
+
+
+def saved_model(trainer: GenerationAccuracyTrainer, history: list[dict]) -> tuple[dict, dict]:
+    """Which evaluation ``model/`` is (``epoch``, ``step``, ``checkpoint``, ``chosen_by``) and its eval metrics.
+
+    With ``--load_best_model_at_end``, the best checkpoint Trainer loaded (its metrics are those of the evaluation at
+    its step); otherwise the last evaluation, which :func:`train` made sure is of the final weights. A best
+    checkpoint evaluated before a resume, whose predictions this process never saw, is evaluated again (nothing is
+    logged), so that ``eval_predictions.json`` is its own too.
+    """
+    args, state = trainer.args, trainer.state
+    checkpoint = state.best_model_checkpoint if args.load_best_model_at_end else None
+    row, chosen_by = history[-1], "the last evaluation"
+    if checkpoint:
+        step = int(Path(checkpoint).name.rsplit("-", 1)[-1])
+        row = next(row for row in reversed(history) if row["step"] == step)
+        metric = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") \
+            else f"eval_{args.metric_for_best_model}"
+        chosen_by = f"the best {metric} ({'higher' if args.greater_is_better else 'lower'} is better)"
+    final = {key: value for key, value in row.items() if key.startswith("eval_")}
+    if row["step"] not in trainer.eval_class_ids:
+        output = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
+        final = {key: value for key, value in output.metrics.items() if key.startswith("eval_")}
+        trainer.eval_class_ids[row["step"]] = trainer.last_eval_class_ids
+    saved = {"epoch": row["epoch"], "step": row["step"], "checkpoint": Path(checkpoint).name if checkpoint else None,
+             "chosen_by": chosen_by}
+    return saved, final
 
 
 def publish(plan: Plan, trainer: GenerationAccuracyTrainer, results: dict) -> None:
     """Write the predictions, the model card and ``results.json``, print the summary, and push when asked."""
     output_dir = plan.output_dir
-    write_predictions(output_dir / PREDICTIONS_NAME, results["label_words"], trainer.last_eval_class_ids)
+    write_predictions(output_dir / PREDICTIONS_NAME, results["label_words"],
+                      trainer.eval_class_ids[results["saved_model"]["step"]])
     write_model_card(output_dir / ARTIFACT_FOLDER, results, plan.push.repo_id if plan.push else None)
     write_results(output_dir, results)
     print_summary(results)
@@ -431,9 +511,12 @@ def print_summary(results: dict, stream=None) -> None:
     parameters = results["parameters"]
     start = results.get("before_training")
     before = f" ({start['eval_accuracy']:.4f} before training)" if start else ""
+    saved = results.get("saved_model") or {}
+    chosen = f" | model/: {saved['checkpoint']}, epoch {saved['epoch']:g}, {saved['chosen_by']}" \
+        if saved.get("checkpoint") else ""
     print(
-        f"best valid_acc {results['best_accuracy']:.4f} at epoch {results['best_epoch']:g}{before} | parameters: total "
-        f"{parameters['total']:,}, trainable {parameters['trainable']:,} ({parameters['trainable_percent']:.4f}%) | "
-        f"results: {Path(results['artifact_dir']).parent / RESULTS_NAME}",
+        f"best valid_acc {results['best_accuracy']:.4f} at epoch {results['best_epoch']:g}{before}{chosen} | "
+        f"parameters: total {parameters['total']:,}, trainable {parameters['trainable']:,} "
+        f"({parameters['trainable_percent']:.4f}%) | results: {Path(results['artifact_dir']).parent / RESULTS_NAME}",
         file=stream,
     )

@@ -210,6 +210,10 @@ def _card_metadata(results: dict, library: str | None) -> list[str]:
 def _card_table(results: dict, library: str | None) -> list[str]:
     """What was trained, on what, and how well: one row per fact."""
     final, parameters = results["final_metrics"], results["parameters"]
+    saved = results.get("saved_model") or {}
+    which = f"this model: epoch {saved['epoch']:g}" if "epoch" in saved else "final"
+    if saved.get("checkpoint"):
+        which += f", {saved['chosen_by']}"
     implementation_text = {
         None: "hf_peft_suite's own modules (no PEFT library)",
         "peft": "Hugging Face peft",
@@ -226,9 +230,9 @@ def _card_table(results: dict, library: str | None) -> list[str]:
          else ", ".join(f"`{word}`" for word in results["label_words"])),
         ("trainable parameters", f"{parameters['trainable']:,} of {parameters['total']:,} "
                                  f"({parameters['trainable_percent']:.4f}%)"),
-        ("accuracy (final)", _metric(final.get("eval_accuracy"))),
-        ("macro-F1 (final)", _metric(final.get("eval_macro_f1"))),
-        ("invalid outputs (final)", _metric(final.get("eval_invalid_rate"))),
+        (f"accuracy ({which})", _metric(final.get("eval_accuracy"))),
+        (f"macro-F1 ({which})", _metric(final.get("eval_macro_f1"))),
+        (f"invalid outputs ({which})", _metric(final.get("eval_invalid_rate"))),
         ("best accuracy", f"{_metric(results['best_accuracy'])} (epoch {results['best_epoch']:g})"),
         *([("accuracy before training", _metric(results["before_training"].get("eval_accuracy")))]
           if results.get("before_training") else []),

@@ -4,7 +4,8 @@
 - ``--method all`` and ``hf-peft-suite report`` write ``comparison.png`` (accuracy against trainable parameters) and
   ``learning_curves.png`` (one line per cell) beside ``comparison.md`` (:func:`write_comparison_figures`).
 
-Each method has one colour; a scratch implementation is drawn with filled circles and a thin solid line, its library
+The training-loss panel draws every logged training loss (``results.json``'s ``log_history``): one point per step
+with ``--logging_strategy steps``, one per epoch by default. Each method has one colour; a scratch implementation is drawn with filled circles and a thin solid line, its library
 twin with larger hollow squares and a wide dashed line, so the two stay distinguishable where their values are equal.
 Cells repeated over several seeds are drawn at their mean with error bars of one standard deviation. Cells that were
 skipped or failed are listed under the plot.
@@ -33,7 +34,8 @@ NOTE_CHARACTERS_PER_INCH = 15  # monospace at 7.5 points
 
 @dataclass
 class Curve:
-    """One cell's per-epoch values (the mean over seeds) and their standard deviations (``None``: one seed)."""
+    """One cell's per-epoch values (the mean over seeds) and their standard deviations (``None``: one seed);
+    ``x`` gives a panel its own epochs where they are not ``epochs`` (the per-step training loss)."""
 
     label: str
     method: str
@@ -41,6 +43,7 @@ class Curve:
     epochs: list[float]
     values: dict[str, list[float]]
     errors: dict[str, list[float] | None] = field(default_factory=dict)
+    x: dict[str, list[float]] = field(default_factory=dict)
 
 
 def figures_problem() -> str | None:
@@ -53,16 +56,30 @@ def figures_problem() -> str | None:
     return None
 
 
-def curve_from_histories(label: str, method: str, implementation: str, histories: list[list[dict]]) -> Curve:
-    """A :class:`Curve` from the ``history`` of each seed's ``results.json`` (the epochs all of them evaluated)."""
-    by_epoch = [{round(row["epoch"], 4): row for row in history} for history in histories]
+def curve_from_runs(label: str, method: str, implementation: str, runs: list[dict]) -> Curve:
+    """A :class:`Curve` from each seed's ``results.json`` (the epochs all of them evaluated): the ``history`` rows,
+    and every training loss of ``log_history`` where it logged more of them than there are evaluations."""
+    by_epoch = [{round(row["epoch"], 4): row for row in run["history"]} for run in runs]
     epochs = sorted(set.intersection(*(set(rows) for rows in by_epoch))) if by_epoch else []
-    values, errors = {}, {}
+    values, errors, x = {}, {}, {}
     for key, _ in PANELS:
         spread = [mean_and_std([rows[epoch].get(key) for rows in by_epoch]) for epoch in epochs]
         values[key] = [math.nan if mean is None else mean for mean, _ in spread]
-        errors[key] = [std or 0.0 for _, std in spread] if len(histories) > 1 else None
-    return Curve(label, method, implementation, epochs, values, errors)
+        errors[key] = [std or 0.0 for _, std in spread] if len(runs) > 1 else None
+    logged = [logged_training_losses(run) for run in runs]
+    if all(len(losses) > len(run["history"]) for losses, run in zip(logged, runs)):
+        steps = sorted(set.intersection(*(set(losses) for losses in logged)))
+        spread = [mean_and_std([losses[epoch] for losses in logged]) for epoch in steps]
+        x["train_loss"], values["train_loss"] = steps, [mean for mean, _ in spread]
+        errors["train_loss"] = [std or 0.0 for _, std in spread] if len(runs) > 1 else None
+    return Curve(label, method, implementation, epochs, values, errors, x)
+
+
+def logged_training_losses(results: dict) -> dict[float, float]:
+    """epoch -> the training loss Trainer logged then, from ``results.json``'s ``log_history`` (empty for runs
+    written before it was kept)."""
+    return {round(entry["epoch"], 4): entry["loss"] for entry in results.get("log_history") or []
+            if "loss" in entry and "epoch" in entry}
 
 
 def mean_and_std(values: list) -> tuple[float | None, float | None]:
@@ -146,10 +163,13 @@ def plot_learning_curves(curves: list[Curve], path: Path, title: str, notes: lis
     for curve in curves:
         color = colors[(curve.method, curve.implementation, curve.label)]
         for ax, (key, _) in zip(axes, PANELS):
-            errors = curve.errors.get(key)
-            ax.errorbar(curve.epochs, curve.values[key], yerr=errors, color=color, capsize=3 if errors else 0,
-                        label=curve.label, **_line(curve.implementation), **_marker(curve.implementation, color))
-    whole_epochs = all(float(epoch).is_integer() for curve in curves for epoch in curve.epochs)
+            errors, epochs = curve.errors.get(key), curve.x.get(key, curve.epochs)
+            dense = {"markevery": max(1, len(epochs) // 12)} if len(epochs) > 24 else {}  # per-step losses
+            ax.errorbar(epochs, curve.values[key], yerr=errors, color=color, capsize=3 if errors else 0,
+                        label=curve.label, **_line(curve.implementation), **_marker(curve.implementation, color),
+                        **dense)
+    whole_epochs = all(float(epoch).is_integer() for curve in curves for epochs in (curve.epochs, *curve.x.values())
+                       for epoch in epochs)
     for ax, (key, name) in zip(axes, PANELS):
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
@@ -216,7 +236,7 @@ def write_run_figure(results: dict, output_dir: Path) -> str:
     if problem:
         return problem
     label = f"{results['method']}/{results['implementation']}"
-    curve = curve_from_histories(label, results["method"], results["implementation"], [results["history"]])
+    curve = curve_from_runs(label, results["method"], results["implementation"], [results])
     path = Path(output_dir) / CURVES_FIGURE_NAME
     plot_learning_curves([curve], path, model_title(results, "learning curves"))
     return f"learning curves: {path}"

@@ -22,7 +22,7 @@ from .files import ERROR_NAME, RESULTS_NAME
 from .plots import (
     CURVES_FIGURE_NAME,
     PARAMETERS_FIGURE_NAME,
-    curve_from_histories,
+    curve_from_runs,
     figures_problem,
     mean_and_std,
     model_title,
@@ -278,8 +278,7 @@ def write_figures(cells: list[Cell], rows: list[dict], output_dir: Path) -> dict
     first = shown[0][0].results[0]
     for cell, row in shown:
         row["label"] = cell.label
-    curves = [curve_from_histories(cell.label, cell.method, cell.implementation,
-                                   [results["history"] for results in cell.results]) for cell, _ in shown]
+    curves = [curve_from_runs(cell.label, cell.method, cell.implementation, cell.results) for cell, _ in shown]
     paths = {"png": output_dir / PARAMETERS_FIGURE_NAME, "curves": output_dir / CURVES_FIGURE_NAME}
     plot_accuracy_vs_parameters([row for _, row in shown], paths["png"],
                                 model_title(first, "best accuracy vs trainable parameters", seeds), notes)

@@ -154,6 +154,6 @@ def test_a_method_has_the_same_colour_in_a_runs_figure_and_in_the_comparison(tmp
     results = write_results(tmp_path / "lora-scratch", "lora", "scratch", [0.6, 0.9])
     write_results(tmp_path / "full-scratch", "full", "scratch", [0.9, 0.95], trainable=181_504)
     report.write_report([tmp_path])
-    curve = plots.curve_from_histories("lora/scratch", "lora", "scratch", [results["history"]])
+    curve = plots.curve_from_runs("lora/scratch", "lora", "scratch", [results])
     alone = plots.plot_learning_curves([curve], tmp_path / "alone.png", "lora alone")
     assert lines(alone.axes[0])["lora/scratch"].get_color() == lines(drawn["curves"].axes[0])["lora/scratch"].get_color()
