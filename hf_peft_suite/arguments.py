@@ -378,7 +378,7 @@ SAME_MEANING = {
 # Names that are no argument at all, and what to do instead.
 NOT_FLAGS = {
     "compute_metrics": "compute_metrics is a Python function: pass it to run_experiment(compute_metrics=...) or to "
-                       "GenerationAccuracyTrainer (docs/api.md)",
+                       "GenerationAccuracyTrainer(compute_metrics=...)",
     "callbacks": "callbacks are Python objects: pass them to run_experiment(callbacks=[...])",
 }
 
