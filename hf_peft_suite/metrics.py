@@ -67,8 +67,9 @@ class GeneratedLabels(EvalPrediction):
     evaluation example (each once, also under several processes), in the order of the evaluation set.
 
     Attributes:
-        predictions: the generated token ids (``np.ndarray``, ``(examples, tokens)``; padded with the pad token).
-        label_ids: the reference token ids (padded with -100, as Trainer gives them).
+        predictions: the generated token ids (``np.ndarray``, ``(examples, tokens)``: as long as the longest
+            generation, the decoder's start token first, padded with the pad token).
+        label_ids: the reference token ids (as long as the longest, padded with -100).
         inputs: the input ids when ``--include_for_metrics inputs`` is given, else ``None``.
         texts: the generated texts, decoded without special tokens.
         predicted_class_ids: the class id of each generated text (-1: no label word).

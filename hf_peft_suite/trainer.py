@@ -200,14 +200,22 @@ class GenerationAccuracyTrainer(ArtifactCheckpoints, SeededSampling, Seq2SeqTrai
         return metrics
 
     def _user_metrics(self, predictions, label_ids, inputs, predicted, references) -> dict:
-        generated = np.where(np.asarray(predictions) < 0, self.processing_class.pad_token_id, predictions)
+        # The same arrays from every prediction step: Seq2SeqTrainer's own pads the generations and the labels with the
+        # pad token to the generation config's max_length (20 on transformers 5.x, whatever --generation_max_length
+        # says); the one-pass step pads neither, and Trainer pads labels across batches with -100.
+        pad = self.processing_class.pad_token_id
+        generated = np.where(np.asarray(predictions) < 0, pad, predictions)
+        generated = generated[:, : _used_columns(generated != pad, minimum=1)]
+        labels = np.where(np.asarray(label_ids) == pad, -100, label_ids)
+        labels = labels[:, : _used_columns(labels != -100)]
         added = self.user_metrics(GeneratedLabels(
-            predictions=generated, label_ids=label_ids, inputs=inputs, texts=self.scorer.decode(generated),
+            predictions=generated, label_ids=labels, inputs=inputs, texts=self.scorer.decode(generated),
             predicted_class_ids=np.asarray(predicted), reference_class_ids=np.asarray(references),
             label_words=self.scorer.label_words,
         ))
         if not isinstance(added, dict):
-            raise UsageError(f"compute_metrics must return a dict of metric names to numbers, not {type(added).__name__}")
+            raise UsageError(f"compute_metrics must return a dict of metric names to numbers, not "
+                             f"{type(added).__name__}")
         taken = sorted(name for name in added if name.removeprefix("eval_") in self.OWN_METRICS)
         if taken:
             raise UsageError(
@@ -236,3 +244,9 @@ class GenerationAccuracyTrainer(ArtifactCheckpoints, SeededSampling, Seq2SeqTrai
         outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
         loss = self.label_smoother(outputs, inputs["labels"])
         return (loss, outputs) if return_outputs else loss
+
+
+def _used_columns(used: np.ndarray, minimum: int = 0) -> int:
+    """How many leading columns hold something (``used``: a boolean array, examples by columns)."""
+    columns = np.flatnonzero(used.any(axis=0))
+    return max(int(columns[-1]) + 1 if len(columns) else 0, minimum)

@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from hf_peft_suite.arguments import TrainingArguments
 from hf_peft_suite.cli import main
-from hf_peft_suite.compat import cpu_bf16_problem, installed_version
+from hf_peft_suite.compat import installed_version
 from hf_peft_suite.errors import UsageError
 from hf_peft_suite.experiment import run_experiment
 from hf_peft_suite.methods import METHODS, library_problem
@@ -293,8 +293,10 @@ def test_load_best_model_at_end_is_refused_where_a_checkpoint_cannot_be_loaded_b
 
 
 # ------------------------------------------------------------------------------------- a user's own metrics
-def test_a_users_metrics_are_added_to_accuracy_loss_and_the_rest(tmp_path):
+@pytest.mark.parametrize("cell_spec", [LORA, cell("prefix_tuning", "library")])  # one pass; Seq2SeqTrainer's two
+def test_a_users_metrics_are_added_to_accuracy_loss_and_the_rest(cell_spec, tmp_path):
     received = []
+    method, implementation = cell_spec
 
     def generated_length(eval_prediction):
         generated, labels = eval_prediction  # unpacks as Trainer's EvalPrediction
@@ -302,7 +304,8 @@ def test_a_users_metrics_are_added_to_accuracy_loss_and_the_rest(tmp_path):
         return {"generated_tokens": float(generated.shape[1]),
                 "positive_share": float((eval_prediction.predicted_class_ids == 1).mean())}
 
-    results = run_experiment([*QUICK, "--method", "lora", "--generation_num_beams", "2", "--generation_max_length", "5",
+    results = run_experiment([*QUICK, "--method", method, "--implementation", implementation,
+                              "--generation_num_beams", "2", "--generation_max_length", "5",
                               "--load_best_model_at_end", "true", "--metric_for_best_model", "positive_share",
                               "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps",
                               "--save_steps", "2", "--output_dir", str(tmp_path / "run")],
@@ -396,12 +399,6 @@ def test_a_json_config_key_with_another_tools_name_gets_the_same_meanings_hint(t
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"preset": "tiny", "num_beams": 4}))
     assert_refused([config], r"unknown key 'num_beams'; did you mean 'generation_num_beams'\?", capsys, tmp_path)
-
-
-@pytest.mark.skipif(cpu_bf16_problem() is None, reason="this CPU has bfloat16 instructions: --bf16 runs here")
-def test_bf16_without_bfloat16_instructions_is_refused(tmp_path, capsys):
-    assert_refused([*QUICK, "--method", "lora", "--bf16", "true", "--output_dir", tmp_path / "run"],
-                   r"--bf16 on this machine: this CPU has no bfloat16 instructions", capsys, absent=tmp_path / "run")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # half-built callbacks' __del__

@@ -71,7 +71,8 @@ class ArtifactFormat:
 def check_whole_model_names(model, saved: dict[str, tuple]) -> None:
     """Refuse saved tensors that lack one of ``model``'s trainable parameters, hold one it does not have, or differ
     in shape. Tied weights are saved once, under the name ``named_parameters`` gives them."""
-    trainable = {name: tuple(parameter.shape) for name, parameter in model.named_parameters() if parameter.requires_grad}
+    trainable = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()
+                 if parameter.requires_grad}
     known = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     missing, unexpected = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(known))
     wrong = [f"{name} {saved[name]} vs {known[name]}" for name in sorted(set(saved) & set(known))
