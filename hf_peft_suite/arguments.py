@@ -33,6 +33,7 @@ from .compat import apply_4_57_training_flags, cpu_bf16_problem, default_report_
 from .errors import UsageError
 from .methods import IMPLEMENTATIONS, METHODS
 from .task import InputTemplate, label_map_pairs
+from .training_flags import check_argument_packages
 
 PER_METHOD_KEY = "per_method"
 
@@ -249,13 +250,13 @@ class TrainingArguments(Seq2SeqTrainingArguments):
             self.dataloader_pin_memory = False  # pinning needs an accelerator; skip the warning on CPU
         default_report_to(self)
         apply_4_57_training_flags(self)
+        check_argument_packages(self)
         try:
             super().__post_init__()
         except UsageError:
             raise
         except (ValueError, ImportError) as error:
             raise UsageError(f"invalid training arguments: {error}") from None
-
 
     def _refuse_what_generation_scoring_cannot_do(self) -> None:
         """Flags that would take from evaluation what it scores: the generated words of the whole set, by label."""

@@ -370,7 +370,8 @@ INTERNALS: tuple[Internal, ...] = (
                                       "self.is_deepspeed_enabled"),
                      _has("transformers.trainer_pt_utils:LabelSmoother.__call__", "model_output", "labels")),
              ("test_evaluation.py::test_one_encoder_pass_gives_the_two_pass_predictions_and_loss", "test_evaluation.py::test_with_full_batches_eval_loss_equals_the_two_pass_trainers_own",
-              "test_trainer_flags.py::test_label_smoothing_smooths_the_training_loss_and_leaves_eval_loss_plain")),
+              "test_trainer_flags.py::test_label_smoothing_smooths_the_training_loss_and_leaves_eval_loss_plain",
+              "test_trainer_flags.py::test_label_smoothing_and_gradient_checkpointing_in_every_cell")),
     Internal("transformers", "Trainer.neftune_noise_alpha (the instance attribute train() reads to add NEFTune's "
              "noise)",
              "trainer.py: takes --neftune_noise_alpha from Trainer and adds the noise with neftune.NoisyEmbeddings, "

@@ -9,7 +9,15 @@ each of those flags asks Trainer's own code the same question before anything is
 - ``--report_to NAME`` (every integration Trainer knows): its callback is built, which is how Trainer finds out;
 - ``--optim NAME`` (every optimizer Trainer knows): ``Trainer.get_optimizer_cls_and_kwargs``, which imports the
   optimizer's package (bitsandbytes, torchao, GaLore, APOLLO, LOMO, schedulefree, ...) and checks its options;
-- ``--use_liger_kernel``: the ``liger-kernel`` package.
+- ``--use_liger_kernel``: the ``liger-kernel`` package;
+- ``--torch_compile_backend NAME``: one accelerate knows, with its package (torch-tensorrt, onnxruntime, TVM,
+  torch_xla, intel-extension-for-pytorch); Trainer would fail as it compiles the model;
+- ``--debug tpu_metrics_debug``: torch_xla (Trainer would fail at the end of training, its results unsaved).
+
+Two more are checked as the arguments are read, where Trainer's own check (in ``TrainingArguments``) would give a
+message without the package or one about something else (:func:`check_argument_packages`): ``--ddp_backend`` ccl,
+hccl, cncl and mccl need their vendor's PyTorch plug-in; ``--half_precision_backend apex`` is NVIDIA apex's fp16,
+which T5 cannot train in.
 
 ``--metric_for_best_model`` must name a metric evaluation computes (``accuracy``, ``macro_f1``, ``invalid_rate``,
 ``loss``, or one a user's ``compute_metrics`` returns); Trainer would find out at the first evaluation, after a whole
@@ -23,7 +31,8 @@ import sys
 
 from .errors import UsageError
 
-# Packages whose missing-package message (in some transformers release) names no pip command, and that command.
+# Install lines: of packages whose missing-package message (in some transformers release) names no pip command, and
+# of the packages the flags below need.
 INSTALL_COMMANDS = {
     "tensorboard": "pip install tensorboard",
     "bitsandbytes": "pip install bitsandbytes",
@@ -31,9 +40,23 @@ INSTALL_COMMANDS = {
     "apex": "pip install git+https://github.com/NVIDIA/apex (built for your CUDA)",
     "torch_xla": "pip install torch_xla (on a TPU machine)",
     "torch_npu": "pip install torch_npu (on an Ascend NPU machine)",
+    "oneccl_bindings_for_pytorch": "pip install oneccl_bind_pt (Intel oneCCL)",
+    "torch_mlu": "the Cambricon torch_mlu package (on an MLU machine)",
+    "torch_musa": "the Moore Threads torch_musa package (on a MUSA machine)",
+    "torch_tensorrt": "pip install torch-tensorrt",
+    "onnxruntime": "pip install onnxruntime",
+    "tvm": "pip install apache-tvm",
+    "intel_extension_for_pytorch": "pip install intel-extension-for-pytorch",
 }
 # The metrics every evaluation computes (GenerationAccuracyTrainer.OWN_METRICS), as --metric_for_best_model names them.
 EVALUATION_METRICS = ("accuracy", "macro_f1", "invalid_rate", "loss", "num_scored")
+# --ddp_backend values whose process group comes from a vendor's PyTorch plug-in, and its module.
+DDP_BACKEND_PACKAGES = {"ccl": "oneccl_bindings_for_pytorch", "hccl": "torch_npu", "cncl": "torch_mlu",
+                        "mccl": "torch_musa"}
+# --torch_compile_backend values that need a package of their own, and its module.
+COMPILE_BACKEND_PACKAGES = {"tensorrt": "torch_tensorrt", "fx2trt": "torch_tensorrt", "onnxrt": "onnxruntime",
+                            "tvm": "tvm", "ipex": "intel_extension_for_pytorch", "aot_torchxla_trace_once": "torch_xla",
+                            "torchxla_trace_once": "torch_xla"}
 
 
 def check_training_flags(training, model, user_metrics: bool = False) -> None:
@@ -43,7 +66,27 @@ def check_training_flags(training, model, user_metrics: bool = False) -> None:
     check_report_to(training.report_to)
     check_optimizer(training, model)
     check_kernels(training)
+    check_compile_backend(training)
+    check_tpu_debug(training)
     check_best_model_metric(training, user_metrics)
+
+
+def check_argument_packages(training) -> None:
+    """Called by ``TrainingArguments.__post_init__`` before Trainer's own checks (see the module docstring)."""
+    if training.half_precision_backend == "apex":
+        raise UsageError("--half_precision_backend apex is NVIDIA apex's float16 training, and T5 overflows in float16; "
+                         "leave it out (--bf16 runs under torch's own autocast)")
+    backend = (training.ddp_backend or "").lower()
+    module = DDP_BACKEND_PACKAGES.get(backend)
+    if module and not _installed(module):
+        raise UsageError(f"--ddp_backend {backend} needs the {module} package, which is not installed: "
+                         f"{INSTALL_COMMANDS[module]}; or leave --ddp_backend out (gloo on CPUs, nccl on NVIDIA GPUs)")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def check_report_to(report_to) -> None:
@@ -110,6 +153,31 @@ def check_kernels(training) -> None:
     if getattr(training, "use_liger_kernel", False) and not is_liger_kernel_available():
         raise UsageError("--use_liger_kernel needs the liger-kernel package (0.3 or later), which is not installed: "
                          "pip install liger-kernel; or leave --use_liger_kernel out")
+
+
+def check_compile_backend(training) -> None:
+    """``--torch_compile_backend`` must be one accelerate knows, with its package installed."""
+    if not training.torch_compile or training.torch_compile_backend is None:
+        return
+    from accelerate.utils import DynamoBackend
+
+    backend = training.torch_compile_backend.lower()
+    known = [member.value.lower() for member in DynamoBackend if member.value != "NO"]
+    if backend not in known:
+        raise UsageError(f"--torch_compile_backend {training.torch_compile_backend} is not a backend accelerate knows; "
+                         f"choose one of {', '.join(known)} (inductor is torch's default)")
+    module = COMPILE_BACKEND_PACKAGES.get(backend)
+    if module and not _installed(module):
+        raise UsageError(f"--torch_compile_backend {backend} needs the {module} package, which is not installed: "
+                         f"{INSTALL_COMMANDS[module]}; or leave --torch_compile_backend out (inductor)")
+
+
+def check_tpu_debug(training) -> None:
+    """``--debug tpu_metrics_debug`` prints torch_xla's metrics: it needs torch_xla."""
+    if any(getattr(option, "value", option) == "tpu_metrics_debug" for option in training.debug or []) \
+            and not _installed("torch_xla"):
+        raise UsageError(f"--debug tpu_metrics_debug prints TPU metrics and needs torch_xla, which is not installed: "
+                         f"{INSTALL_COMMANDS['torch_xla']}; leave it out")
 
 
 def check_best_model_metric(training, user_metrics: bool) -> None:
