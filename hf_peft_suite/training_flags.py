@@ -16,8 +16,8 @@ each of those flags asks Trainer's own code the same question before anything is
 
 Two more are checked as the arguments are read, where Trainer's own check (in ``TrainingArguments``) would give a
 message without the package or one about something else (:func:`check_argument_packages`): ``--ddp_backend`` ccl,
-hccl, cncl and mccl need their vendor's PyTorch plug-in; ``--half_precision_backend apex`` is NVIDIA apex's fp16,
-which T5 cannot train in.
+hccl, cncl and mccl need their vendor's PyTorch plug-in; ``--half_precision_backend apex`` (transformers 4.57) is
+NVIDIA apex's fp16, which T5 cannot train in.
 
 ``--metric_for_best_model`` must name a metric evaluation computes (``accuracy``, ``macro_f1``, ``invalid_rate``,
 ``loss``, or one a user's ``compute_metrics`` returns); Trainer would find out at the first evaluation, after a whole
@@ -73,10 +73,10 @@ def check_training_flags(training, model, user_metrics: bool = False) -> None:
 
 def check_argument_packages(training) -> None:
     """Called by ``TrainingArguments.__post_init__`` before Trainer's own checks (see the module docstring)."""
-    if training.half_precision_backend == "apex":
+    if getattr(training, "half_precision_backend", None) == "apex":  # transformers 4.57 (5.x has no apex)
         raise UsageError("--half_precision_backend apex is NVIDIA apex's float16 training, and T5 overflows in float16; "
                          "leave it out (--bf16 runs under torch's own autocast)")
-    backend = (training.ddp_backend or "").lower()
+    backend = (getattr(training, "ddp_backend", None) or "").lower()
     module = DDP_BACKEND_PACKAGES.get(backend)
     if module and not _installed(module):
         raise UsageError(f"--ddp_backend {backend} needs the {module} package, which is not installed: "

@@ -221,11 +221,13 @@ def test_generation_flags_reach_generate(cell_spec, tmp_path):
 
 # --------------------------------------------------------------------------------------------- torch.compile
 @pytest.mark.slow
-@pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA])
+@pytest.mark.parametrize("cell_spec", [LORA])
 def test_torch_compile_trains_through_the_compiled_model(cell_spec, runs_root):
     """--torch_compile: Trainer compiles the model it trains (dynamo captures its graphs), and the run trains as
     without it. The "eager" backend runs the captured graphs as they are: inductor, the default, takes about a minute
-    of CPU to compile the tiny T5, which the suite cannot spend; what the flag changes in Trainer is the same."""
+    of CPU to compile the tiny T5, which the suite cannot spend; what the flag changes in Trainer is the same. One cell
+    only: tracing even the tiny T5 takes 6-14 s here; the scratch cell is the one whose modules are this package's
+    own (accelerate compiles a peft model the same way, and the package has no code of its own on that path)."""
     from torch._dynamo.utils import counters
 
     plain = run(runs_root, cell_spec)
@@ -500,9 +502,10 @@ REFUSED_AS_READ = [
     (["--batch_eval_metrics", "true"], r"--batch_eval_metrics is not supported"),
     (["--eval_do_concat_batches", "false"], r"--eval_do_concat_batches false is not supported"),
     (["--label_names", "targets"], r"--label_names targets: the prepared data holds its targets as 'labels'"),
-    (["--half_precision_backend", "apex"], r"--half_precision_backend apex is NVIDIA apex's float16 training"),
-    (["--ddp_backend", "ccl"], r"--ddp_backend ccl needs the oneccl_bindings_for_pytorch package, which is not "
-                               r"installed: pip install oneccl_bind_pt"),
+    (["--half_precision_backend", "apex"], r"--half_precision_backend apex is NVIDIA apex's float16 training" if not LATEST
+     else r"unrecognized arguments: --half_precision_backend apex"),  # transformers 5 has no apex backend
+    (["--ddp_backend", "hccl"], r"--ddp_backend hccl needs the torch_npu package, which is not installed: "
+                                r"pip install torch_npu"),
     (["--fp16_full_eval", "true"], r"--fp16_full_eval is refused: T5 overflows in float16.*--bf16_full_eval"),
     (["--num_beams", "2"], r"unrecognized arguments: --num_beams 2; did you mean --generation_num_beams\?"),
     (["--evaluation_strategy", "epoch"], r"did you mean --eval_strategy\?"),
