@@ -12,7 +12,8 @@ evaluation examples, batches of 8, 4 optimizer steps, the loss logged at every s
 writing a run folder (:func:`train_in_memory`). A missing optional package is what this machine has (none of the
 trackers or special optimizers is installed here); nothing is faked.
 
-Cost: about 35 tiny runs and 24 two-step trainings; torch.compile (dynamo tracing the tiny T5) is marked slow.
+Cost: about 35 tiny runs and 24 two-step trainings; every test that trains is marked slow (the quick loop keeps the
+refusals).
 """
 
 from __future__ import annotations
@@ -32,25 +33,22 @@ from hf_peft_suite.cli import main
 from hf_peft_suite.compat import installed_version
 from hf_peft_suite.errors import UsageError
 from hf_peft_suite.experiment import build, make_trainer, prepare, run_experiment
-from hf_peft_suite.methods import METHODS, library_problem
 from hf_peft_suite.quiet import library_output
 from hf_peft_suite.runs import evaluate_run
 from hf_peft_suite.training_flags import check_optimizer, check_report_to
 
+from .conftest import ALL_CELLS, requires_adapterhub
 from .helpers import assert_refused, read_results
 
-ADAPTERHUB_MISSING = library_problem(METHODS["adapter"])
 LATEST = int(installed_version("transformers").split(".")[0]) >= 5
 QUICK = ["--preset", "tiny", "--max_train_samples", "32", "--per_device_train_batch_size", "8",
          "--max_eval_samples", "16", "--max_steps", "4", "--logging_strategy", "steps", "--logging_steps", "1"]
 EVAL_KEYS = ("eval_accuracy", "eval_macro_f1", "eval_invalid_rate", "eval_num_scored")
 
 
-def cell(method: str, implementation: str, *options: str, slow: bool = False):
+def cell(method: str, implementation: str, *options: str):
     """A pytest parameter for one cell (``options``: the method's own flags, e.g. DoRA)."""
-    marks = [pytest.mark.slow] if slow else []
-    if (method, implementation) == ("adapter", "library"):
-        marks.append(pytest.mark.skipif(ADAPTERHUB_MISSING is not None, reason=str(ADAPTERHUB_MISSING)))
+    marks = [requires_adapterhub] if (method, implementation) == ("adapter", "library") else []
     name = f"{method}-{implementation}" + ("-" + "-".join(option.lstrip("-") for option in options) if options else "")
     return pytest.param((method, implementation, *options), id=name, marks=marks)
 
@@ -109,6 +107,7 @@ CURVE_FLAGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", list(CURVE_FLAGS))
 @pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA])
 def test_flags_that_change_the_training_curve(flag, cell_spec, runs_root):
@@ -123,6 +122,7 @@ def test_flags_that_change_the_training_curve(flag, cell_spec, runs_root):
         assert changed["config"]["training"]["data_seed"] == 1 and changed["num_train_examples"] == 32
 
 
+@pytest.mark.slow
 def test_neftune_noise_reaches_the_embeddings_of_peft_prompt_learning_models(runs_root):
     """Trainer's own NEFTune looks for a peft model's embeddings where prompt-learning models have none."""
     cell_spec = PEFT_PROMPT.values[0]
@@ -131,6 +131,7 @@ def test_neftune_noise_reaches_the_embeddings_of_peft_prompt_learning_models(run
     assert step_losses(noisy)[0] != step_losses(plain)[0]  # the noise is in the very first forward pass
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_takes_one_optimizer_step_per_two_batches(runs_root):
     for cell_spec in (LORA.values[0], PEFT_LORA.values[0]):
         plain = run(runs_root, cell_spec)
@@ -141,7 +142,8 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_two_batches(runs_roo
 
 
 # ----------------------------------------------------------------------------- flags read from the logs
-@pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA, cell("adapter", "library", slow=True)])
+@pytest.mark.slow
+@pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA, ADAPTERHUB])
 def test_schedules_step_evaluation_checkpoints_and_counters(cell_spec, runs_root):
     """One run with the flags whose effect shows in what it logs and leaves: a cosine schedule after 2 warm-up steps,
     evaluation and checkpoints every 2 steps with at most one kept, an evaluation before training, 6 steps over
@@ -169,6 +171,7 @@ def test_schedules_step_evaluation_checkpoints_and_counters(cell_spec, runs_root
     assert curve.x["train_loss"] == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5] and curve.epochs == [0.0, 0.5, 1.0, 1.5]
 
 
+@pytest.mark.slow
 def test_per_epoch_logging_keeps_its_own_log_dicts(runs_root):
     results = run(runs_root, LORA.values[0], "--logging_strategy", "epoch", "--max_steps", "8")
     losses = [entry for entry in results["log_history"] if "loss" in entry]
@@ -184,6 +187,7 @@ NO_RESULT_FLAGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", list(NO_RESULT_FLAGS))
 @pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA])
 def test_flags_that_change_no_result(cell_spec, flags, runs_root):
@@ -199,6 +203,7 @@ def test_flags_that_change_no_result(cell_spec, flags, runs_root):
 
 
 # ------------------------------------------------------------------------------------------------ generation
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_spec", [LORA, cell("prefix_tuning", "library")])  # one pass; Seq2SeqTrainer's two
 def test_generation_flags_reach_generate(cell_spec, tmp_path):
     """--generation_num_beams and --generation_max_length: evaluation generates what beam search of that length
@@ -244,11 +249,8 @@ def test_torch_compile_trains_through_the_compiled_model(cell_spec, runs_root):
 
 # ------------------------------------------------------- gradient checkpointing and label smoothing, every cell
 # Every cell there is (each method in each implementation, DoRA too): these two flags failed by family and format.
-EVERY_CELL = [
-    *(cell(name, implementation) for name, method in METHODS.items() for implementation in ("scratch", "library")
-      if implementation == "scratch" or method.build_library is not None),
-    *(cell("lora", implementation, "--lora_use_dora", "true") for implementation in ("scratch", "library")),
-]
+EVERY_CELL = [*(cell(*spec) for spec in ALL_CELLS),
+              *(cell("lora", implementation, "--lora_use_dora", "true") for implementation in ("scratch", "library"))]
 
 
 def train_in_memory(cell_spec: tuple, output_dir: Path, *flags: str):
@@ -278,6 +280,7 @@ def smoothed_by_hand(logits: torch.Tensor, labels: torch.Tensor, epsilon: float)
     return (1 - epsilon) * nll[scored].mean() + epsilon * -log_probs.mean(-1)[scored].mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_spec", EVERY_CELL)
 def test_label_smoothing_and_gradient_checkpointing_in_every_cell(cell_spec, tmp_path):
     """Label smoothing: the loss the trainer trains on is the smoothed cross-entropy of the model's logits, and
@@ -312,6 +315,7 @@ def test_label_smoothing_and_gradient_checkpointing_in_every_cell(cell_spec, tmp
         torch.testing.assert_close(again[name], parameter, rtol=0, atol=0.05 * step, msg=lambda text: f"{name}: {text}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA])
 def test_gradient_checkpointing_trains_as_without_it(cell_spec, runs_root):
     """The whole run, from the command line: the same curve and the same evaluations as without the flag."""
@@ -332,6 +336,7 @@ def test_gradient_checkpointing_is_refused_for_prefix_tuning(implementation, tmp
 
 
 # ------------------------------------------------------------------------------------------- label smoothing
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA, cell("prefix_tuning", "library")])
 def test_label_smoothing_smooths_the_training_loss_and_leaves_eval_loss_plain(cell_spec, runs_root):
     """The whole run, from the command line (peft prefix tuning: Seq2SeqTrainer's two-pass evaluation): the training
@@ -343,6 +348,7 @@ def test_label_smoothing_smooths_the_training_loss_and_leaves_eval_loss_plain(ce
     assert again["eval_accuracy"] == smoothed["final_metrics"]["eval_accuracy"]
 
 
+@pytest.mark.slow
 def test_label_smoothing_keeps_one_encoder_pass_per_evaluation_batch(tmp_path):
     encoder_calls = []
 
@@ -361,6 +367,7 @@ BEST = ["--max_steps", "-1", "--num_train_epochs", "3", "--eval_strategy", "epoc
         "--load_best_model_at_end", "true", "--metric_for_best_model", "loss", "--greater_is_better", "true"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_spec", [FULL, LORA, PEFT_LORA, ADAPTERHUB, PEFT_PROMPT])
 def test_the_saved_model_is_the_best_checkpoint_in_every_format(cell_spec, runs_root):
     """"Best" is the highest eval_loss here, so it is the first epoch, not the last. model/ must hold that
@@ -383,6 +390,7 @@ def test_the_saved_model_is_the_best_checkpoint_in_every_format(cell_spec, runs_
     assert "this model: epoch 1, the best eval_loss (higher is better)" in card
 
 
+@pytest.mark.slow
 def test_a_best_checkpoint_from_before_a_resume_is_what_the_results_describe(tmp_path):
     """The resumed run never evaluated the best checkpoint itself (it was written before the interruption): its
     predictions are made again, without a row in the history, so eval_predictions.json is still the saved model's."""
@@ -413,6 +421,7 @@ def test_load_best_model_at_end_is_refused_where_a_checkpoint_cannot_be_loaded_b
 
 
 # ------------------------------------------------------------------------------------- a user's own metrics
+@pytest.mark.slow
 @pytest.mark.parametrize("cell_spec", [LORA, cell("prefix_tuning", "library")])  # one pass; Seq2SeqTrainer's two
 def test_a_users_metrics_are_added_to_accuracy_loss_and_the_rest(cell_spec, tmp_path):
     received = []
@@ -446,6 +455,7 @@ def test_a_users_metrics_are_added_to_accuracy_loss_and_the_rest(cell_spec, tmp_
                                                for metrics in received)
 
 
+@pytest.mark.slow
 def test_a_users_metric_may_not_replace_one_of_the_trainers(tmp_path):
     with pytest.raises(UsageError, match=r"compute_metrics returned accuracy, which GenerationAccuracyTrainer"):
         run_experiment([*QUICK, "--method", "lora", "--output_dir", str(tmp_path / "run")],
@@ -453,6 +463,7 @@ def test_a_users_metric_may_not_replace_one_of_the_trainers(tmp_path):
     assert not (tmp_path / "run").exists()  # the failed run took back what it wrote
 
 
+@pytest.mark.slow
 def test_the_trainer_piece_keeps_eval_loss_beside_a_users_metrics(tmp_path, tiny_tokenizer):
     """With --load_best_model_at_end's default metric (eval_loss), which a user's compute_metrics used to drop."""
     from transformers import DataCollatorForSeq2Seq
