@@ -256,10 +256,10 @@ def test_a_run_records_its_task_and_the_accuracy_before_training(pair_run):
 
 
 def test_the_learning_curves_start_at_epoch_0(pair_run):
-    from hf_peft_suite.plots import curve_from_histories
+    from hf_peft_suite.plots import curve_from_runs
 
     output_dir, _ = pair_run
-    curve = curve_from_histories("lora", "lora", "scratch", [read_results(output_dir)["history"]])
+    curve = curve_from_runs("lora", "lora", "scratch", [read_results(output_dir)])
     assert curve.epochs[0] == 0 and len(curve.epochs) == 3
     assert (output_dir / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
