@@ -74,8 +74,8 @@ def check_training_flags(training, model, user_metrics: bool = False) -> None:
 def check_argument_packages(training) -> None:
     """Called by ``TrainingArguments.__post_init__`` before Trainer's own checks (see the module docstring)."""
     if getattr(training, "half_precision_backend", None) == "apex":  # transformers 4.57 (5.x has no apex)
-        raise UsageError("--half_precision_backend apex is NVIDIA apex's float16 training, and T5 overflows in float16; "
-                         "leave it out (--bf16 runs under torch's own autocast)")
+        raise UsageError("--half_precision_backend apex is NVIDIA apex's float16 training, and T5 overflows in "
+                         "float16; leave it out (--bf16 runs under torch's own autocast)")
     backend = (getattr(training, "ddp_backend", None) or "").lower()
     module = DDP_BACKEND_PACKAGES.get(backend)
     if module and not _installed(module):

@@ -215,7 +215,8 @@ def test_generation_flags_reach_generate(cell_spec, tmp_path):
     pad = trainer.processing_class.pad_token_id
     generated = torch.as_tensor(generated).clamp(min=0)  # Trainer pads across batches with -100, the pad token is 0
     batch = next(iter(trainer.get_eval_dataloader()))
-    model, inputs = trainer.model.eval(), {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    model = trainer.model.eval()
+    inputs = {key: batch[key].to(trainer.args.device) for key in ("input_ids", "attention_mask")}
     with torch.no_grad():
         beams = model.generate(**inputs, num_beams=2, max_length=5)
         greedy = model.generate(**inputs, num_beams=1, max_length=5)
@@ -292,7 +293,7 @@ def test_label_smoothing_and_gradient_checkpointing_in_every_cell(cell_spec, tmp
     smoothing = ["--label_smoothing_factor", "0.1"]
     smoothed = train_in_memory(cell_spec, tmp_path / "smoothed", *smoothing)
     assert len(logged_losses(smoothed)) == 2 and all(math.isfinite(loss) for loss in logged_losses(smoothed))
-    batch = next(iter(smoothed.get_eval_dataloader()))
+    batch = {key: value.to(smoothed.args.device) for key, value in next(iter(smoothed.get_eval_dataloader())).items()}
     with torch.no_grad():
         own = smoothed.model(**batch)
         trained_on = smoothed.compute_loss(smoothed.model, batch)
@@ -513,8 +514,9 @@ REFUSED_AS_READ = [
     (["--batch_eval_metrics", "true"], r"--batch_eval_metrics is not supported"),
     (["--eval_do_concat_batches", "false"], r"--eval_do_concat_batches false is not supported"),
     (["--label_names", "targets"], r"--label_names targets: the prepared data holds its targets as 'labels'"),
-    (["--half_precision_backend", "apex"], r"--half_precision_backend apex is NVIDIA apex's float16 training" if not LATEST
-     else r"unrecognized arguments: --half_precision_backend apex"),  # transformers 5 has no apex backend
+    (["--half_precision_backend", "apex"],  # transformers 5 has no apex backend
+     r"unrecognized arguments: --half_precision_backend apex" if LATEST
+     else r"--half_precision_backend apex is NVIDIA apex's float16 training"),
     (["--ddp_backend", "hccl"], r"--ddp_backend hccl needs the torch_npu package, which is not installed: "
                                 r"pip install torch_npu"),
     (["--fp16_full_eval", "true"], r"--fp16_full_eval is refused: T5 overflows in float16.*--bf16_full_eval"),
