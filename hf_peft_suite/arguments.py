@@ -580,6 +580,17 @@ def parse_sources(sources: Sources, base_settings: dict[str, Any] | None = None,
     )
 
 
+def recipe_train_batch(args: ParsedArguments) -> tuple[int, str]:
+    """The batch of one optimizer step that the run's preset sets, on one process (the seed recipe's 32 when no preset
+    is named), and the recipe's name: what its learning rate and schedule were chosen for."""
+    preset = args.experiment.preset
+    settings = settings_for_method(load_preset(preset), args.experiment.method) if preset else {}
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainingArguments)}
+    batch = settings.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
+    steps = settings.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"])
+    return int(batch) * int(steps), f"the {preset} preset" if preset and preset != "seed" else "the seed recipe"
+
+
 def requested_method(argv: list[str]) -> str:
     """The ``--method`` a command line asks for, from its flags, JSON file or preset (``all`` included)."""
     return collect_sources(argv).method

@@ -199,6 +199,38 @@ def restore_launcher_environment() -> None:
     os.environ.update(_LAUNCHER_ENVIRONMENT)
 
 
+# ---------------------------------------------------------------- sharding engines: parameter names, sizes, shapes
+# Module wrappers that insert a segment into the name of every parameter below them: FSDP1's FullyShardedDataParallel
+# (torch.distributed.fsdp._common_utils.FSDP_WRAPPED_MODULE), activation checkpointing's CheckpointWrapper
+# (torch.distributed.algorithms._checkpoint.checkpoint_wrapper._CHECKPOINT_WRAPPED_MODULE) and torch.compile's
+# OptimizedModule (_orig_mod). The state dicts FSDP gathers, and that Trainer hands to the save, carry the names without
+# them. FSDP2 (fully_shard) and DeepSpeed rename nothing.
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def clean_parameter_name(name: str) -> str:
+    """``name`` as the unwrapped model has it: ``base.encoder.block.0._fsdp_wrapped_module.layer.0.SelfAttention.q.
+    lora_A.weight`` -> ``base.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight``."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_SEGMENTS)
+
+
+def is_partitioned(parameter) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``parameter``: ``deepspeed.zero.Init`` (which ``from_pretrained`` enters when
+    ZeRO-3 is configured) empties its data and keeps its full size in ``ds_numel`` and its shape in ``ds_shape``."""
+    return hasattr(parameter, "ds_numel")
+
+
+def full_numel(parameter) -> int:
+    """The number of elements of ``parameter`` in the whole model, also when ZeRO-3 has partitioned it (``ds_numel``;
+    its own ``numel()`` is then 0). FSDP2's DTensor parameters report their full size themselves."""
+    return int(parameter.ds_numel) if is_partitioned(parameter) else parameter.numel()
+
+
+def full_shape(parameter) -> tuple[int, ...]:
+    """The shape of ``parameter`` in the whole model, also when ZeRO-3 has partitioned it (``ds_shape``)."""
+    return tuple(parameter.ds_shape if is_partitioned(parameter) else parameter.shape)
+
+
 # ------------------------------------------------------------------------------------------- library internals
 @dataclass(frozen=True)
 class Internal:
@@ -315,6 +347,25 @@ def _cache_argument_present() -> str | None:
 
     names = inspect.signature(T5ForConditionalGeneration.forward).parameters
     return None if {"cache", "past_key_values"} & set(names) else "T5's forward takes neither cache nor past_key_values"
+
+
+def _wrapper_segments() -> str | None:
+    """torch's wrappers still name their wrapped module as :data:`WRAPPER_SEGMENTS` says."""
+    expected = {"torch.distributed.fsdp._common_utils:FSDP_WRAPPED_MODULE": WRAPPER_SEGMENTS[0],
+                "torch.distributed.algorithms._checkpoint.checkpoint_wrapper:_CHECKPOINT_WRAPPED_MODULE":
+                    WRAPPER_SEGMENTS[1]}
+    for dotted, name in expected.items():
+        if _resolve(dotted) != name:
+            return f"{dotted.replace(':', '.')} is no longer {name!r}"
+    return _source_mentions("torch._dynamo.eval_frame:OptimizedModule.__init__", WRAPPER_SEGMENTS[2])()
+
+
+def _engine_settings_reachable() -> str | None:
+    """The training arguments still carry the engine: transformers 5.x in ``fsdp_plugin_args``, 4.57 in accelerate's
+    environment variables; both in ``deepspeed_plugin``."""
+    source = "transformers.training_args:TrainingArguments"
+    fsdp = _source_mentions(source, "self.fsdp_plugin_args")() and _source_mentions(source, '"ACCELERATE_USE_FSDP"')()
+    return fsdp or _source_mentions(source, "self.deepspeed_plugin")()
 
 
 TRAINER = "transformers.trainer:Trainer"
@@ -484,6 +535,48 @@ INTERNALS: tuple[Internal, ...] = (
              "compat.py (cpu_bf16_problem): --bf16 on a CPU without bf16 instructions is refused; when they are "
              "missing the answer is unknown and bf16 is allowed",
              None, ("test_evaluation.py::test_bf16_on_a_cpu_without_bf16_instructions_is_refused",)),
+    Internal("torch", "the name segments module wrappers insert into parameter names: _fsdp_wrapped_module (FSDP1), "
+             "_checkpoint_wrapped_module (activation checkpointing), _orig_mod (torch.compile); FSDP2 inserts none",
+             "compat.py (clean_parameter_name) for methods/delta.py: a scratch delta is found by name under FSDP1",
+             _wrapper_segments, ("test_engines.py::test_a_scratch_delta_under_fsdp_is_saved_by_name_and_loads_back",)),
+    # ---- transformers and accelerate: the engine, before Trainer exists
+    Internal("transformers", "Trainer.save_model under FSDP (a FULL_STATE_DICT gathered by accelerator.get_state_dict "
+             "and handed to _save; nothing for other state dict types) and DeepSpeed (16-bit weights gathered on "
+             "save); Trainer._wrap_model wraps in nn.DataParallel when args.n_gpu > 1",
+             "launch.py (check_engine, check_launch): what would save no weights or split batches is refused",
+             _all_of(_source_mentions(f"{TRAINER}.save_model", "FULL_STATE_DICT", "get_state_dict"),
+                     _source_mentions(f"{TRAINER}._wrap_model", "n_gpu > 1")),
+             ("test_engines.py::test_what_would_save_no_weights_or_fail_under_fsdp_or_zero3_is_refused",
+              "test_engines.py::test_several_gpus_in_one_process_are_refused_before_anything_is_written")),
+    Internal("transformers", "TrainingArguments.fsdp_plugin_args (5.x) or the ACCELERATE_USE_FSDP / FSDP_* variables "
+             "it sets (4.57), and TrainingArguments.deepspeed_plugin.deepspeed_config",
+             "launch.py (engine_of): the engine --fsdp / --deepspeed ask for", _engine_settings_reachable,
+             ("test_engines.py::test_the_engine_is_read_from_the_launcher_environment",)),
+    Internal("accelerate", "the variables accelerate launch sets for the engine (ACCELERATE_USE_FSDP, FSDP_VERSION from "
+             "1.6, FSDP_STATE_DICT_TYPE, ACCELERATE_USE_DEEPSPEED, "
+             "ACCELERATE_DEEPSPEED_ZERO_STAGE, ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL) and their defaults",
+             "launch.py (engine_of): the engine an accelerate config asks for",
+             _all_of(_source_mentions("accelerate.utils.launch:prepare_multi_gpu_env", '"ACCELERATE_USE_FSDP"',
+                                      '"FSDP_STATE_DICT_TYPE"'),
+                     _source_mentions("accelerate.utils.launch:prepare_deepspeed_cmd_env", '"ACCELERATE_USE_DEEPSPEED"',
+                                      '"ACCELERATE_DEEPSPEED_ZERO_STAGE"', '"ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"')),
+             ("test_engines.py::test_the_engine_is_read_from_the_launcher_environment",)),
+    # ---- DeepSpeed (not a dependency: needed only where a run uses it; simulated in the tests)
+    Internal("deepspeed", "ZeRO-3 partitioned parameters: deepspeed.zero.Init leaves empty data and sets ds_numel, "
+             "ds_shape (Init._convert_to_deepspeed_param)",
+             "compat.py (full_numel, full_shape) for modeling.py (count_parameters) and methods/delta.py "
+             "(delta_shapes, checkpoint checks)",
+             _source_mentions("deepspeed.runtime.zero.partition_parameters:Init._convert_to_deepspeed_param",
+                              "ds_numel", "ds_shape"),
+             ("test_engines.py::test_parameters_partitioned_by_zero3_are_counted_whole",
+              "test_engines.py::test_a_checkpoint_is_checked_against_full_shapes_under_zero3")),
+    Internal("deepspeed", "deepspeed.zero.GatheredParameters(params, modifier_rank=None) and "
+             "deepspeed.zero.register_external_parameter(module, parameter)",
+             "methods/sharding.py: the prompt's vocabulary init and DoRA's magnitude read gathered weights; DoRA's "
+             "forward keeps W0 gathered",
+             _all_of(_has("deepspeed.zero:GatheredParameters", "params", "modifier_rank"),
+                     _has("deepspeed.zero:register_external_parameter", "module", "parameter")),
+             ("test_engines.py::test_a_zero3_partitioned_base_gives_the_prompt_and_magnitude_of_the_whole_base",)),
 )
 
 

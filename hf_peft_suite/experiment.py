@@ -45,12 +45,13 @@ from pathlib import Path
 
 import torch
 
-from .arguments import ParsedArguments, parse_arguments
+from .arguments import ParsedArguments, parse_arguments, recipe_train_batch
 from .compat import start_command
 from .data import PreparedData, load_data
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, BASE_FOLDER, MODEL_WEIGHTS_NAME, PREDICTIONS_NAME, RESULTS_NAME
 from .hub import PushSettings, push_run, push_settings, pushed_files, write_model_card
+from .launch import Engine, check_engine, engine_of, global_train_batch, warn_if_batch_differs
 from .methods import Method, get_method
 from .metrics import LabelScorer
 from .modeling import count_parameters, load_base_model, load_tokenizer
@@ -123,6 +124,7 @@ class Plan:
     push: PushSettings | None
     learning_rate_source: str
     started: datetime
+    engine: Engine
 
     @property
     def random_base(self) -> bool:
@@ -150,6 +152,11 @@ def prepare(args: ParsedArguments) -> Plan:
         )
     origin = args.origins.get("learning_rate", "method default")
     output_dir = prepare_output_dir(training, experiment.method, experiment.implementation)
+    engine = engine_of(training)
+    check_engine(engine, training, f"--method {method.name} --implementation {experiment.implementation}",
+                 method.artifact_format(experiment.implementation).saves_from_given_state_dict,
+                 delta=method.name != "full")
+    warn_if_batch_differs(training, *recipe_train_batch(args))
     push = push_settings(training, output_dir)
     # Our own push after training (hub.py): Trainer's would push every checkpoint, tokenizer and training arguments.
     training.push_to_hub = False
@@ -161,6 +168,7 @@ def prepare(args: ParsedArguments) -> Plan:
         learning_rate_source=method.learning_rate_source
         if origin in ("method default", "recommended settings") else "given",
         started=datetime.now(timezone.utc),
+        engine=engine,
     )
 
 
@@ -189,7 +197,8 @@ def build(plan: Plan, user_metrics: bool = False) -> Built:
     set_seed(training.seed)
     tokenizer = load_tokenizer(args.model.model_name_or_path, args.model.tokenizer_name_or_path)
     data_seed = training.data_seed if training.data_seed is not None else training.seed
-    data = load_data(args.data, tokenizer, seed=data_seed)
+    with training.main_process_first(desc="loading the data"):  # downloaded and tokenized once, then read from cache
+        data = load_data(args.data, tokenizer, seed=data_seed)
     check_generation_length(training, tokenizer, data.label_words)
     base = load_base_model(args.model.model_name_or_path, random_init=args.model.random_init, seed=training.seed)
     check_tokenizer_fits_model(tokenizer, base)
@@ -387,6 +396,8 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
         "num_train_examples": len(data.train_dataset),
         "num_eval_examples": len(data.eval_dataset),
         "world_size": args.training.world_size,
+        "global_train_batch_size": global_train_batch(args.training),
+        "engine": plan.engine.name,
         "learning_rate": args.training.learning_rate,
         "learning_rate_source": plan.learning_rate_source,
         "history": history,

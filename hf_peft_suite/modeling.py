@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .compat import full_numel
 from .errors import UsageError
 from .methods import build_method_model, get_method
 from .tiny import TINY_MODEL_NAME, build_tiny_model, build_tiny_tokenizer
@@ -167,12 +168,14 @@ def build_model(
 
 
 def count_parameters(model) -> dict[str, float]:
-    """Total and trainable parameters (each shared tensor counted once) and the trainable share in percent."""
+    """Total and trainable parameters (each shared tensor counted once) and the trainable share in percent, counted
+    whole also where DeepSpeed ZeRO-3 has partitioned them (:func:`~hf_peft_suite.compat.full_numel`)."""
     seen, total, trainable = set(), 0, 0
     for parameter in model.parameters():
         if id(parameter) in seen:
             continue
         seen.add(id(parameter))
-        total += parameter.numel()
-        trainable += parameter.numel() if parameter.requires_grad else 0
+        size = full_numel(parameter)
+        total += size
+        trainable += size if parameter.requires_grad else 0
     return {"total": total, "trainable": trainable, "trainable_percent": 100.0 * trainable / total}

@@ -43,6 +43,8 @@ COLUMNS = [
     ("best_accuracy", "best accuracy"),
     ("macro_f1", "macro-F1"),
     ("invalid_rate", "invalid rate"),
+    ("world_size", "processes"),
+    ("global_train_batch_size", "global batch"),
     ("train_runtime_s", "train time (s)"),
     ("train_samples_per_second", "train samples/s"),
     ("eval_samples_per_second", "eval samples/s"),
@@ -138,6 +140,8 @@ def row_from_cell(cell: Cell) -> dict:
         if key in SPREAD_KEYS:
             row[f"{key}_std"] = std
     row.update(
+        world_size=first.get("world_size"),
+        global_train_batch_size=first.get("global_train_batch_size"),  # absent from runs before it was recorded
         peak_memory_kind=first.get("peak_memory_kind"),
         artifact_size_bytes=first.get("artifact_size_bytes"),
         model_name_or_path=first.get("model_name_or_path"),

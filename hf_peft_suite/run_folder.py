@@ -18,6 +18,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from .errors import UsageError
 from .files import ARTIFACT_FOLDER, BASE_FOLDER, ERROR_NAME, PREDICTIONS_NAME, RESULTS_NAME
+from .launch import check_launch, launched_world_size
 from .weights import first_line
 
 LAST_CHECKPOINT = ("last", "true")
@@ -26,27 +27,6 @@ LAST_CHECKPOINT = ("last", "true")
 def timestamp() -> str:
     """The local time as it names a run's default output folder: ``20261129-195424``."""
     return datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def launched_world_size() -> int:
-    """How many processes a launcher (``torchrun``, ``accelerate launch``) started together."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def check_launch(training) -> None:
-    """Refuse processes that a launcher started together but that would not train together.
-
-    ``torchrun``/``accelerate launch`` set ``WORLD_SIZE``; if the training arguments see fewer processes (on a
-    machine without GPUs and without ``--use_cpu``, or an FSDP/DeepSpeed config on CPUs), each process would train
-    alone and all of them would write the same ``output_dir``.
-    """
-    launched = launched_world_size()
-    if launched > 1 and training.world_size != launched:
-        raise UsageError(
-            f"{launched} processes were launched (WORLD_SIZE={launched}) but each trains alone (world size "
-            f"{training.world_size}), so they would overwrite each other's results; on CPUs pass --use_cpu true "
-            f"(accelerate: --multi_gpu with use_cpu, not FSDP or DeepSpeed), on GPUs give each process one GPU"
-        )
 
 
 def prepare_output_dir(training, method: str, implementation: str) -> Path:

@@ -188,7 +188,8 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_callback import PrinterCallback
 
-    from .run_folder import check_launch, write_predictions
+    from .launch import check_launch
+    from .run_folder import write_predictions
     from .trainer import GenerationAccuracyTrainer
 
     start_command()

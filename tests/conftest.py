@@ -122,6 +122,12 @@ SKIPS = {
         "needs a CPU with bfloat16 instructions and no GPU",
         torch.cuda.is_available() or cpu_bf16_problem() is not None),
     "gpu": DocumentedSkip("a machine with a GPU gives no CPU-only refusal", torch.cuda.is_available()),
+    # DeepSpeed is no dependency (it needs CUDA to build): its internals are checked only where it is installed; what
+    # ZeRO-3 does to parameters is simulated in tests/test_engines.py.
+    "deepspeed": DocumentedSkip(
+        "DeepSpeed is not installed here (it is not a dependency and needs CUDA to build); the attributes and the "
+        "gathering it gives ZeRO-3 parameters are simulated in tests/test_engines.py",
+        installed_version("deepspeed") is None),
     "newest_probe": DocumentedSkip(
         ".ci/newest runs the suite with the newest releases, outside the tested window on purpose",
         os.environ.get("HF_PEFT_SUITE_NEWEST_PROBE") == "1"),

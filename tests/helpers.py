@@ -35,6 +35,28 @@ def t5_small_on_meta():
     return model
 
 
+# Every scratch delta, DoRA apart from LoRA (``dora``: LoRA with --lora_use_dora true): each is found by name its own way.
+SCRATCH_DELTAS = ("prompt_tuning", "adapter", "lora", "dora", "ia3", "prefix_tuning")
+
+
+def scratch_delta_model(name: str, base, tokenizer):
+    """The scratch model of ``name`` (one of :data:`SCRATCH_DELTAS`) on ``base``, its delta moved off its initial
+    values (so a lost or misplaced tensor shows), in eval mode."""
+    import torch
+
+    from hf_peft_suite.methods import build_method_model
+    from hf_peft_suite.methods.lora import LoRAOptions
+
+    options = LoRAOptions(lora_use_dora=True) if name == "dora" else None
+    model = build_method_model(base, "lora" if name == "dora" else name, "scratch", options, tokenizer)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
 def write_split_files(folder: Path, train_rows, test_rows, suffix: str = ".csv") -> Path:
     """``train<suffix>`` and ``test<suffix>`` (csv, jsonl or parquet) in ``folder`` from lists of row dicts."""
     import pandas as pd

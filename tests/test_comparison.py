@@ -55,9 +55,11 @@ def test_comparison_files_list_every_cell_with_all_columns(comparison):
         table = list(csv.DictReader(handle))
     assert len(table) == len(rows)
     markdown = (comparison / "comparison.md").read_text()
-    for title in ("trainable params", "% of total", "best accuracy", "macro-F1", "invalid rate", "train time (s)",
-                  "train samples/s", "eval samples/s", "peak memory (MB)", "artifact size"):
+    for title in ("trainable params", "% of total", "best accuracy", "macro-F1", "invalid rate", "processes",
+                  "global batch", "train time (s)", "train samples/s", "eval samples/s", "peak memory (MB)",
+                  "artifact size"):
         assert title in markdown
+    assert {(row["world_size"], row["global_train_batch_size"]) for row in rows if row["status"] == "ok"} == {(1, 32)}
     assert (comparison / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     full = next(row for row in rows if row["method"] == "full")
     peft = [row for row in rows if row["method"] != "full" and row["status"] == "ok"]

@@ -20,12 +20,11 @@ from transformers import AutoModelForSeq2SeqLM
 from hf_peft_suite import compat
 from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
-from hf_peft_suite.methods import METHODS, build_method_model, library_problem
+from hf_peft_suite.methods import METHODS, library_problem
 from hf_peft_suite.methods.delta import DeltaModel, split_loading_kwargs
-from hf_peft_suite.methods.lora import LoRAOptions
 
 from .conftest import REPO_ROOT, SKIPS, outside_newest_probe
-from .helpers import labelled_batch
+from .helpers import SCRATCH_DELTAS, labelled_batch, scratch_delta_model
 
 
 # ------------------------------------------------------------------------------------- declared = tested
@@ -91,11 +90,14 @@ INTERNAL_IDS = [f"{internal.library}-{index}" for index, internal in enumerate(c
 
 # AdapterHub's internals are checked wherever it is installed, whether or not it still works with the package (a changed
 # internal must fail here, not skip); where it is not (the latest environment), with the AdapterHub cell's reason.
+# DeepSpeed's are checked where it is installed; here it is not (SKIPS["deepspeed"]).
 ADAPTERHUB_ABSENT = pytest.mark.skipif(not installed("adapters"), reason=SKIPS["adapterhub"].reason)
+DEEPSPEED_ABSENT = pytest.mark.skipif(SKIPS["deepspeed"].holds, reason=SKIPS["deepspeed"].reason)
+ABSENT = {"adapters": [ADAPTERHUB_ABSENT], "deepspeed": [DEEPSPEED_ABSENT]}
 
 
 @pytest.mark.parametrize("internal", [
-    pytest.param(internal, id=name, marks=[ADAPTERHUB_ABSENT] if internal.library == "adapters" else [])
+    pytest.param(internal, id=name, marks=ABSENT.get(internal.library, []))
     for name, internal in zip(INTERNAL_IDS, compat.INTERNALS)
 ])
 def test_each_internal_is_as_the_package_uses_it(internal):
@@ -152,24 +154,14 @@ def test_a_changed_peft_internal_refuses_its_library_cells_and_leaves_the_scratc
 
 
 # ------------------------------------------------------------------------------ loading through the Auto classes
-SCRATCH_DELTAS = {
-    "prompt_tuning": None, "adapter": None, "lora": None, "dora": LoRAOptions(lora_use_dora=True), "ia3": None,
-    "prefix_tuning": None,
-}
 HUB_ARGUMENTS = {"revision": "main", "local_files_only": True, "token": None, "device_map": None}
 
 
 def saved_scratch_model(name, base_dir, tokenizer, folder):
     """A scratch model of ``name`` on the tiny base, its delta moved off its initial values, saved to ``folder``."""
-    base = AutoModelForSeq2SeqLM.from_pretrained(base_dir)
-    model = build_method_model(base, "lora" if name == "dora" else name, "scratch", SCRATCH_DELTAS[name], tokenizer)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.2 * torch.randn(parameter.shape, generator=generator))
+    model = scratch_delta_model(name, AutoModelForSeq2SeqLM.from_pretrained(base_dir), tokenizer)
     model.save_pretrained(folder)
-    return model.eval()
+    return model
 
 
 def test_every_scratch_method_is_in_this_list():

@@ -341,11 +341,11 @@ def attach_adapters(base_model, settings: AdapterSettings) -> None:
         )
     d_model = base_model.config.d_model
     for layer in layers:
-        adapters = {}
+        adapters, device = {}, next(layer.parameters()).device  # the layer's device (device_map may spread layers)
         for name in placement.sublayers:
             adapter = BottleneckAdapter(d_model, settings.bottleneck_size, settings.non_linearity, settings.scaling)
-            ADAPTER_INITS[settings.init_weights](adapter)
-            adapters[name] = adapter
+            ADAPTER_INITS[settings.init_weights](adapter)  # drawn on the CPU, as AdapterHub draws them
+            adapters[name] = adapter.to(device)
         if where.style == "pre_norm":
             for name, adapter in adapters.items():
                 sublayer = layer.layer[where.sublayers[name]]
@@ -485,9 +485,11 @@ class AdapterHubFormat(ArtifactFormat):
 
     name = "AdapterHub adapter"
     weights_name = ADAPTERHUB_WEIGHTS_NAME
+    # save_adapter takes no state dict: it reads the model's own parameters, which FSDP and ZeRO-3 hold in pieces
+    # (the run is refused there; DDP and ZeRO-2 keep every parameter whole on every process).
+    saves_from_given_state_dict = False
 
     def save(self, model, directory: str, state_dict: dict | None = None) -> None:
-        # save_adapter takes no state dict, so this cell runs without FSDP/DeepSpeed sharding.
         model.save_adapter(directory, LIBRARY_ADAPTER_NAME, with_head=False, use_safetensors=True)
 
     def check(self, model, directory: str) -> None:

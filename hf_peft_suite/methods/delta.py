@@ -26,9 +26,10 @@ import os
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedModel
 
-from ..compat import without_auto_class_bookkeeping
+from ..compat import clean_parameter_name, full_shape, without_auto_class_bookkeeping
 from ..errors import UsageError
 from ..files import MODEL_WEIGHTS_NAME
 from ..weights import compare_shapes, load_tensors
@@ -92,20 +93,32 @@ class DeltaModel(PreTrainedModel):
         """Names (in ``self.state_dict()``) of every parameter the method added: what is trained and saved.
 
         The parameters every :class:`DeltaModule` inside the model names (the model itself may be one), in
-        ``named_modules`` order.
+        ``named_modules`` order, by the names the unwrapped model gives them: under FSDP1, activation checkpointing
+        or ``torch.compile`` the modules' paths carry the wrappers' segments (``_fsdp_wrapped_module``), which the
+        state dict Trainer saves from does not (:func:`~hf_peft_suite.compat.clean_parameter_name`).
         """
         names = []
         for prefix, module in self.named_modules():
             if isinstance(module, DeltaModule):
-                names += [f"{prefix}.{name}" if prefix else name for name in module.adapter_params()]
+                names += [clean_parameter_name(f"{prefix}.{name}" if prefix else name)
+                          for name in module.adapter_params()]
         return names
 
+    def delta_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The delta's parameter names and their full shapes (also under ZeRO-3, whose parameters hold no data)."""
+        parameters = self.parameters_by_unwrapped_name()
+        return {name: full_shape(parameters[name]) for name in self.delta_parameter_names()}
+
+    def parameters_by_unwrapped_name(self) -> dict[str, nn.Parameter]:
+        """Every parameter of the model (the frozen base's too) by the name the unwrapped model gives it."""
+        return {clean_parameter_name(name): parameter for name, parameter in self.named_parameters()}
+
     def delta_state_dict(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The delta's tensors, taken from ``state_dict`` when given (Trainer passes a gathered one)."""
+        """The delta's tensors, taken from ``state_dict`` when given (Trainer passes the one FSDP or DeepSpeed gathers,
+        whose names carry no wrapper segments)."""
         names = self.delta_parameter_names()
-        undeclared = [
-            name for name, parameter in self.named_parameters() if parameter.requires_grad and name not in set(names)
-        ]
+        undeclared = [name for name, parameter in self.parameters_by_unwrapped_name().items()
+                      if parameter.requires_grad and name not in set(names)]
         if undeclared:  # trained but never saved: a method forgot to list it in adapter_params()
             raise RuntimeError(f"{type(self).__name__} trains parameters no DeltaModule declares: {undeclared[:3]}")
         state_dict = self.state_dict() if state_dict is None else state_dict
@@ -117,9 +130,8 @@ class DeltaModel(PreTrainedModel):
 
     def load_delta_state_dict(self, state_dict: dict[str, torch.Tensor], source: str = "the given weights") -> None:
         """Copy ``state_dict`` into the delta's parameters; names and shapes must match exactly."""
-        parameters = dict(self.named_parameters())
-        expected = {name: tuple(parameters[name].shape) for name in self.delta_parameter_names()}
-        compare_shapes(expected, {name: tuple(tensor.shape) for name, tensor in state_dict.items()}, source)
+        parameters = self.parameters_by_unwrapped_name()
+        compare_shapes(self.delta_shapes(), {name: tuple(tensor.shape) for name, tensor in state_dict.items()}, source)
         with torch.no_grad():
             for name, tensor in state_dict.items():
                 parameters[name].copy_(tensor)

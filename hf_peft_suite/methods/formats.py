@@ -22,6 +22,7 @@ from ..compat import tested_requirement
 from ..errors import UsageError
 from ..files import MODEL_CONFIG_NAME, MODEL_WEIGHTS_INDEX_NAME, MODEL_WEIGHTS_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from ..weights import check_saved_config, compare_shapes, load_tensors, sharded_tensor_shapes, tensor_shapes
+from .sharding import full_shape_state_dict
 
 
 class ArtifactFormat:
@@ -29,6 +30,9 @@ class ArtifactFormat:
 
     name = "whole model"
     weights_name = MODEL_WEIGHTS_NAME
+    # Whether :meth:`save` takes the weights from the ``state_dict`` it is given (the one FSDP or DeepSpeed ZeRO-3
+    # gathers from every process) rather than reading the model's own parameters, which those engines shard.
+    saves_from_given_state_dict = True
 
     def save(self, model, directory: str, state_dict: dict | None = None) -> None:
         """Write the trainable weights and their config. ``state_dict``: the full state dict Trainer gathers under
@@ -94,7 +98,7 @@ class DeltaFormat(ArtifactFormat):
 
     def check(self, model, directory: str) -> None:
         check_saved_config(os.path.join(directory, MODEL_CONFIG_NAME), model.config.to_dict())
-        expected = {name: tuple(tensor.shape) for name, tensor in model.delta_state_dict().items()}
+        expected = model.delta_shapes()
         path = os.path.join(directory, self.weights_name)
         if not os.path.isfile(path):
             raise UsageError(f"it holds no {self.weights_name}, the weights this model saves")
@@ -119,7 +123,8 @@ class PeftAdapterFormat(ArtifactFormat):
         from peft import get_peft_model_state_dict
 
         check_saved_config(os.path.join(directory, PEFT_CONFIG_NAME), model.peft_config["default"].to_dict())
-        expected = get_peft_model_state_dict(model, save_embedding_layers=False)
+        # Full shapes, without reading values: ZeRO-3 may hold the parameters partitioned (empty) while this runs.
+        expected = get_peft_model_state_dict(model, state_dict=full_shape_state_dict(model), save_embedding_layers=False)
         path = os.path.join(directory, self.weights_name)
         if not os.path.isfile(path):
             raise UsageError(f"it holds no {self.weights_name}, the weights this model saves")

@@ -64,6 +64,7 @@ from .peft_files import (
     saved_target_modules,
     write_peft_adapter,
 )
+from .sharding import gathered, keep_gathered_in_forward
 from .targets import (
     ALL_LINEAR,
     AdaptedLinear,
@@ -195,10 +196,11 @@ class LoRALinear(AdaptedLinear):
         self.lora_A.to(device=weight.device, dtype=adapter_parameter_dtype(weight.dtype))
         self.lora_B.to(device=weight.device, dtype=adapter_parameter_dtype(weight.dtype))
         if self.use_dora:
-            with torch.no_grad():
+            with torch.no_grad(), gathered([weight]):  # ZeRO-3 holds W0 partitioned: ||W0|| needs all of it
                 lora_weight = self.lora_B.weight @ self.lora_A.weight
                 magnitude = row_norm(weight.to(lora_weight.device), lora_weight, self.scaling)
             self.lora_magnitude_vector = DoRAMagnitude(magnitude)
+            keep_gathered_in_forward(self, weight)  # dora_update reads W0 after the base layer has run
 
     def adapter_params(self) -> list[str]:
         """The trained parameters (the :class:`~hf_peft_suite.methods.delta.DeltaModule` protocol)."""

@@ -52,6 +52,7 @@ from .delta import (
     register_delta_model,
 )
 from .formats import PEFT_LIBRARY, SCRATCH_DELTA
+from .sharding import gathered
 
 PROMPT_INITS = ("random", "vocab", "text")
 # Our init names -> peft's PromptTuningInit values.
@@ -135,9 +136,11 @@ def initial_prompt_token_ids(options: PromptTuningOptions, tokenizer, vocab_size
 
 @torch.no_grad()
 def init_prompt_from_token_ids(prompt: torch.Tensor, word_embeddings: nn.Embedding, token_ids: torch.Tensor) -> None:
-    """Overwrite ``prompt`` (``n x d``) with the (float32) embeddings of ``token_ids``."""
-    token_ids = token_ids.to(word_embeddings.weight.device)
-    prompt.copy_(word_embeddings(token_ids).detach().to(torch.float32))
+    """Overwrite ``prompt`` (``n x d``) with the (float32) embeddings of ``token_ids`` (gathered first where DeepSpeed
+    ZeRO-3 holds the embedding matrix partitioned)."""
+    with gathered([word_embeddings.weight]):
+        token_ids = token_ids.to(word_embeddings.weight.device)
+        prompt.copy_(word_embeddings(token_ids).detach().to(device=prompt.device, dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------------------ scratch
@@ -206,7 +209,10 @@ class SoftPromptModel(DeltaModel):
 
     def __init__(self, config: SoftPromptConfig, base_model=None):
         super().__init__(config, base_model)
-        self.soft_prompt = SoftPrompt(config.num_virtual_tokens, self.base.get_input_embeddings().embedding_dim)
+        embeddings = self.base.get_input_embeddings()
+        # Drawn on the CPU (the same draw as peft's), then put where the embeddings are (device_map="cuda", ...).
+        self.soft_prompt = SoftPrompt(config.num_virtual_tokens, embeddings.embedding_dim)
+        self.soft_prompt.to(embeddings.weight.device)
 
     def prepend_prompt(self, input_ids=None, inputs_embeds=None, attention_mask=None):
         """Embed ``input_ids`` (unless ``inputs_embeds`` is given) and put the prompt in front of them and the mask."""
