@@ -26,7 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import UsageError, is_main_process
+from .errors import ProcessesStopped, UsageError, is_main_process
 
 EXIT_USAGE = 2
 TRACEBACK_VARIABLE = "HF_PEFT_SUITE_TRACEBACK"
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except ProcessesStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

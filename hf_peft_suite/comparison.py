@@ -5,8 +5,10 @@ with where its values come from), then the preset, the JSON file and the flags o
 ``OUTPUT_DIR/<method>-<implementation>/``; with ``--seeds 42 43 44``, once per seed into
 ``OUTPUT_DIR/<method>-<implementation>/seed-<N>/`` (the table then gives the mean ± std over the seeds).
 ``--implementation scratch|library`` runs only that implementation's cells. A cell that fails is recorded in its
-folder's ``error.json`` and does not stop the others. Running the same command again skips finished runs (those with
-a ``results.json``) and redoes failed or missing ones. As it goes it prints ``cell k/N: method/implementation`` with
+folder's ``error.json`` and does not stop the others; under several processes (``torchrun``, ``accelerate launch``) a
+cell that fails on one process only (out of memory, a bug) stops the comparison on every process with one line each,
+since the others wait for it in a collective (:func:`_stop_every_process`). Running the same command again skips
+finished runs (those with a ``results.json``) and redoes failed or missing ones. As it goes it prints ``cell k/N: method/implementation`` with
 the elapsed time and an estimate of what is left; at the end ``comparison.{md,csv,json}``, ``comparison.png`` and
 ``learning_curves.png`` are written (:mod:`hf_peft_suite.report`) and the total time is printed.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import traceback
@@ -22,12 +25,14 @@ from pathlib import Path
 
 from .arguments import Sources, collect_sources, parse_sources
 from .compat import start_command
-from .errors import UsageError, is_main_process
+from .errors import ProcessesStopped, UsageError, is_main_process
 from .files import ERROR_NAME, RESULTS_NAME
+from .launch import launched_world_size
 from .methods import IMPLEMENTATIONS, METHODS, get_method, library_problem
 from .progress import CellCounter
 from .report import write_report
 from .run_folder import timestamp
+from .weights import first_line
 
 
 def recommended_settings(method: str) -> dict:
@@ -103,6 +108,8 @@ def run_comparison(argv: list[str]) -> Path:
             counter.done(ok=True)
         except Exception as error:  # the comparison's boundary: one failing cell must not stop the others
             counter.done(ok=False)
+            if not isinstance(error, UsageError) and launched_world_size() > 1:
+                _stop_every_process(run_dir, method, implementation, label, error)
             if isinstance(error, UsageError):
                 message = str(error)
             else:  # a bug, not the user's input: show where it happened
@@ -122,10 +129,31 @@ def run_comparison(argv: list[str]) -> Path:
     return output_dir
 
 
-def _record_problem(cell_dir: Path, method: str, implementation: str, message: str, status: str, trace: str = ""):
-    """Write the cell's error.json; the report lists it, and the next run of the comparison tries the cell again."""
+def _stop_every_process(run_dir: Path, method: str, implementation: str, label: str, error: Exception):
+    """A cell failed on this process only (out of memory, a bug; a usage error stops every process alike): the other
+    processes are waiting for this one in a collective and cannot be told to skip the cell, so the comparison stops,
+    on every process, with one line each (the launcher ends the ones still waiting). The cell's error.json records the
+    failure and its traceback (the first failing process writes it); finished cells are kept."""
+    rank, message = int(os.environ.get("RANK", "0")), f"{type(error).__name__}: {first_line(error)}"
+    _record_problem(run_dir, method, implementation, f"{message} (process {rank})", "failed", traceback.format_exc(),
+                    exclusive=True)
+    raise ProcessesStopped(
+        f"{label} failed on process {rank} of {launched_world_size()} ({message}); the other processes cannot go on "
+        f"without it, so the comparison stops (finished cells are kept, the traceback is in {run_dir / ERROR_NAME}; "
+        f"the same command again redoes this cell and the rest)"
+    ) from None
+
+
+def _record_problem(cell_dir: Path, method: str, implementation: str, message: str, status: str, trace: str = "",
+                    exclusive: bool = False):
+    """Write the cell's error.json; the report lists it, and the next run of the comparison tries the cell again.
+    ``exclusive``: keep the record another process has already written."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "implementation": implementation, "status": status, "error": message}
     if trace:
         record["traceback"] = trace
-    (cell_dir / ERROR_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        with open(cell_dir / ERROR_NAME, "x" if exclusive else "w", encoding="utf-8") as file:
+            file.write(json.dumps(record, indent=2) + "\n")
+    except FileExistsError:
+        pass

@@ -14,6 +14,12 @@ class UsageError(ValueError):
     """A problem with the user's input (arguments, data, saved files) rather than a bug in this package."""
 
 
+class ProcessesStopped(RuntimeError):
+    """A failure on one of several processes launched together, which the others cannot go on without (they would wait
+    for it in a collective until the 30-minute timeout): the CLI prints one ``error:`` line and exits with code 1, and
+    the launcher stops the other processes."""
+
+
 def is_main_process() -> bool:
     """Whether this is the first of the processes a launcher started (or the only one)."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
 
 import pytest
 
+from .conftest import REPO_ROOT
 from .helpers import (
     ACCELERATE_CPU_CONFIG,
     DDP_EVAL_BATCH,
     DDP_EVAL_EXAMPLES,
     DDP_WORLD_SIZE,
     TORCHRUN,
+    cli_environment,
     evaluate_in_one_process,
     load_trained_model,
     read_results,
@@ -50,6 +54,10 @@ def test_two_processes_score_every_example_once_as_one_process_does(launcher, me
     results = read_results(output_dir)
     assert (results["method"], results["implementation"]) == (method, implementation)
     assert results["world_size"] == WORLD_SIZE
+    assert (results["global_train_batch_size"], results["engine"]) == (64, "ddp")  # 32 per process x 2
+    assert "warning: the global batch is 64 (32 per device x 2 processes x 1 accumulation step), not the 32 that the " \
+           "tiny preset's learning rate and schedule were chosen for; for the tiny preset's batch pass " \
+           "--per_device_train_batch_size 16" in result.stderr.splitlines()
     assert results["num_eval_examples"] == EVAL_EXAMPLES
     assert [row["eval_num_scored"] for row in results["history"]] == [EVAL_EXAMPLES, EVAL_EXAMPLES]
     distributed = json.loads((output_dir / "eval_predictions.json").read_text())
@@ -95,13 +103,59 @@ def test_every_shipped_accelerate_config_is_one_accelerate_accepts(config):
 
     loaded = load_config_from_file(str(ACCELERATE_CPU_CONFIG.parent / config))
     expected = {"cpu_2_processes.yaml": ("MULTI_GPU", True), "multi_gpu.yaml": ("MULTI_GPU", False),
-                "fsdp_t5.yaml": ("FSDP", False), "deepspeed_zero2.yaml": ("DEEPSPEED", False),
+                "fsdp_t5.yaml": ("FSDP", False), "fsdp1_t5.yaml": ("FSDP", False),
+                "deepspeed_zero2.yaml": ("DEEPSPEED", False),
                 "deepspeed_zero3.yaml": ("DEEPSPEED", False)}[config]
     assert (loaded.distributed_type.value, loaded.use_cpu) == expected
     assert loaded.mixed_precision == ("bf16" if "deepspeed" in config else "no")
-    if config == "fsdp_t5.yaml":
+    if config.startswith("fsdp"):  # FSDP2 in fsdp_t5.yaml (accelerate >= 1.15), FSDP1 for older accelerate
         assert loaded.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "T5Block"
-        assert loaded.fsdp_config["fsdp_use_orig_params"] is True
+        assert loaded.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # required (launch.py)
+        assert loaded.fsdp_config["fsdp_version"] == (2 if config == "fsdp_t5.yaml" else 1)
     if config == "deepspeed_zero3.yaml":
         assert loaded.deepspeed_config["zero3_save_16bit_model"] is True
 
+
+# What fails on one process only: a GPU out of memory there, simulated (no GPU here) by making every training step of
+# process 1 raise the error CUDA raises. Everything else is the real command under torchrun.
+OUT_OF_MEMORY_ON_PROCESS_1 = """
+import os, sys
+import torch
+from hf_peft_suite.trainer import GenerationAccuracyTrainer
+
+def out_of_memory(self, *args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated on process 1)")
+
+if os.environ["RANK"] == "1":
+    GenerationAccuracyTrainer.training_step = out_of_memory
+from hf_peft_suite.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_cell_failing_on_one_process_ends_every_process_with_one_line_within_a_minute(tmp_path):
+    """Process 0 waits for process 1 in DDP's gradient all-reduce; process 1 cannot skip to the next cell (it would
+    meet process 0 in another collective, and both would wait out the 30-minute timeout). The comparison stops on
+    both, one line each, and the failing cell's error.json records the failure."""
+    script, output_dir = tmp_path / "out_of_memory_on_process_1.py", tmp_path / "compare"
+    script.write_text(OUT_OF_MEMORY_ON_PROCESS_1)
+    command = [*TORCHRUN, str(script), "--method", "all", "--implementation", "scratch", "--preset", "tiny",
+               "--max_steps", "2", "--output_dir", str(output_dir)]
+    # Without the stop, the command would wait out the 30-minute collective timeout: 240 s is far from both.
+    result = subprocess.run(command, cwd=REPO_ROOT, env=cli_environment(), capture_output=True, text=True, timeout=240)
+    ended = time.time()
+    assert result.returncode != 0
+    failed_at = (output_dir / "full-scratch" / "error.json").stat().st_mtime  # written as process 1 fails
+    assert ended - failed_at < 60, f"the processes ended {ended - failed_at:.0f} s after the failure"
+
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert 1 <= len(errors) <= WORLD_SIZE, result.stderr[-3000:]  # one per process (torchrun may stop process 0 first)
+    assert any(re.fullmatch(r"error: full/scratch failed on process 1 of 2 \(OutOfMemoryError: CUDA out of memory\. "
+                            r"Tried to allocate 2\.00 GiB \(simulated on process 1\)\); the other processes cannot go "
+                            r"on without it, so the comparison stops .*", line) for line in errors), errors
+    assert "Traceback" not in result.stderr or "hf_peft_suite/" not in result.stderr  # no traceback of ours
+    record = json.loads((output_dir / "full-scratch" / "error.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert "(process 1)" in record["error"] and "training_step" in record["traceback"]
+    assert not (output_dir / "prompt_tuning-scratch").exists()  # no process went on to the next cell
