@@ -16,7 +16,8 @@ What ``output_dir`` holds afterwards:
   eval metrics (epoch 0 first with ``--eval_on_start``: the model before training, also in ``before_training``), best
   accuracy and its epoch (over the evaluations after training began), which evaluation the saved model is
   (``saved_model``) and its metrics (``final_metrics``), every dict Trainer logged (``log_history``: per-step losses,
-  learning rates, counters), parameter counts, runtimes and throughput, peak memory, artifact size, library versions;
+  learning rates, counters), parameter counts, runtimes and throughput, peak memory, artifact size, the processes,
+  global batch and engine that trained it (:mod:`hf_peft_suite.launch`), library versions;
 - ``model/``: the trained artifact (the whole model for full fine-tuning; only the delta and its config for PEFT
   methods), the tokenizer and a model card (``README.md``): the last evaluation's model, or with
   ``--load_best_model_at_end`` the best checkpoint's;

@@ -101,6 +101,10 @@ DDP_CELL_ARGS = [
 ]
 ACCELERATE_CPU_CONFIG = REPO_ROOT / "configs" / "accelerate" / "cpu_2_processes.yaml"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(DDP_WORLD_SIZE)]
+TWO_PROCESS_BATCH_WARNING = (  # the one line two processes print (process 0), with the tiny preset's batch of 32 each
+    "warning: the global batch is 64 (32 per device x 2 processes x 1 accumulation step), not the 32 that the tiny "
+    "preset's learning rate and schedule were chosen for; for the tiny preset's batch pass "
+    "--per_device_train_batch_size 16")
 
 
 def accelerate_launch() -> list[str]:

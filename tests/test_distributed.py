@@ -23,6 +23,7 @@ from .helpers import (
     DDP_EVAL_EXAMPLES,
     DDP_WORLD_SIZE,
     TORCHRUN,
+    TWO_PROCESS_BATCH_WARNING,
     cli_environment,
     evaluate_in_one_process,
     load_trained_model,
@@ -55,9 +56,7 @@ def test_two_processes_score_every_example_once_as_one_process_does(launcher, me
     assert (results["method"], results["implementation"]) == (method, implementation)
     assert results["world_size"] == WORLD_SIZE
     assert (results["global_train_batch_size"], results["engine"]) == (64, "ddp")  # 32 per process x 2
-    assert "warning: the global batch is 64 (32 per device x 2 processes x 1 accumulation step), not the 32 that the " \
-           "tiny preset's learning rate and schedule were chosen for; for the tiny preset's batch pass " \
-           "--per_device_train_batch_size 16" in result.stderr.splitlines()
+    assert TWO_PROCESS_BATCH_WARNING in result.stderr.splitlines()
     assert results["num_eval_examples"] == EVAL_EXAMPLES
     assert [row["eval_num_scored"] for row in results["history"]] == [EVAL_EXAMPLES, EVAL_EXAMPLES]
     distributed = json.loads((output_dir / "eval_predictions.json").read_text())

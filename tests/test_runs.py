@@ -126,6 +126,18 @@ def test_mistakes_are_one_error_line(argv, message, finished_runs, tmp_path, cap
     assert sorted(path.name for path in run_dir.rglob("*")) == before
 
 
+def test_evaluate_refuses_several_gpus_in_one_process(finished_runs, tmp_path, capsys, monkeypatch):
+    """As a run does (tests/test_engines.py): Trainer would evaluate through nn.DataParallel (n_gpu made to report 4)."""
+    from hf_peft_suite.arguments import TrainingArguments
+
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 4))
+    assert main(["evaluate", str(finished_runs[("lora", "scratch")]), "--output_dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"error: this process sees 4 GPUs, .*CUDA_VISIBLE_DEVICES=0 python run_experiment\.py \.\.\.",
+                        error), error
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_a_file_whose_rows_are_not_all_text_is_one_error_line(finished_runs, tmp_path, capsys):
     run_dir = finished_runs[("lora", "scratch")]
     empty_row = tmp_path / "reviews.csv"
