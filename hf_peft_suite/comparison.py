@@ -27,7 +27,7 @@ from .arguments import Sources, collect_sources, parse_sources
 from .compat import start_command
 from .errors import ProcessesStopped, UsageError, is_main_process
 from .files import ERROR_NAME, RESULTS_NAME
-from .launch import launched_world_size
+from .launch import check_launch, launched_world_size
 from .methods import IMPLEMENTATIONS, METHODS, get_method, library_problem
 from .progress import CellCounter
 from .report import write_report
@@ -81,6 +81,7 @@ def run_comparison(argv: list[str]) -> Path:
     implementation = sources.setting("implementation")
     cells, skipped = comparison_cells(implementation)
     sources, main = _without_seeds(sources), is_main_process()
+    _check_launch_once(sources, cells)
     if implementation is not None and main:
         print(f"--implementation {implementation}: only its cells run ({', '.join(m for m, _ in cells)})")
     for method, implementation, reason in skipped:
@@ -127,6 +128,20 @@ def run_comparison(argv: list[str]) -> Path:
         print(line)
     print("comparison written to " + ", ".join(str(path) for path in paths.values()))
     return output_dir
+
+
+def _check_launch_once(sources: Sources, cells: list[tuple[str, str]]) -> None:
+    """Refuse a launch that would not train as one run (several GPUs in one process, ...) once, with one line, rather
+    than in every cell; arguments a cell cannot take are left for that cell to report."""
+    if not cells:
+        return
+    method, implementation = cells[0]
+    try:
+        parsed = parse_sources(sources, base_settings=recommended_settings(method), method=method,
+                               implementation=implementation)
+    except UsageError:
+        return
+    check_launch(parsed.training)
 
 
 def _stop_every_process(run_dir: Path, method: str, implementation: str, label: str, error: Exception):

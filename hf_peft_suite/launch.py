@@ -149,15 +149,15 @@ def check_engine(engine: Engine, training, cell: str, saves_from_given_state_dic
     elif engine.zero_stage == 3 and not engine.gathers_16bit_weights:
         raise UsageError(
             "DeepSpeed ZeRO-3 without zero3_save_16bit_model (stage3_gather_16bit_weights_on_model_save) writes "
-            "DeepSpeed's own sharded checkpoint and no model/ weights; set zero3_save_16bit_model: true (as "
-            "configs/accelerate/deepspeed_zero3.yaml does)"
+            "DeepSpeed's own sharded checkpoint and no model/ weights; set zero3_save_16bit_model: true in the "
+            "accelerate config"
         )
     import torch
 
     if not torch.cuda.is_available():
         raise UsageError(
-            f"{flag} needs GPUs: on CPUs accelerate drops it and would run plain data parallelism instead; launch "
-            f"with configs/accelerate/cpu_2_processes.yaml (or torchrun --nproc_per_node N ... --use_cpu true)"
+            f"{flag} needs GPUs: on CPUs accelerate drops it and would run plain data parallelism instead; on CPUs "
+            f"launch plain processes (torchrun --nproc_per_node N ... --use_cpu true)"
         )
     if engine.kind == "deepspeed":
         check_internals("deepspeed")
@@ -167,21 +167,20 @@ def _check_fsdp(engine: Engine, training, delta: bool) -> None:
     if engine.state_dict_type != "FULL_STATE_DICT":
         raise UsageError(
             f"FSDP with fsdp_state_dict_type {engine.state_dict_type} makes Trainer write FSDP's own checkpoint and "
-            f"no model/ weights; set fsdp_state_dict_type: FULL_STATE_DICT (as configs/accelerate/fsdp_t5.yaml does)"
+            f"no model/ weights; set fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config"
         )
     if engine.fsdp_version == 2 and not _accelerate_has_fsdp2():
         raise UsageError(
             f"FSDP2 (fsdp_version: 2) needs accelerate >= {FSDP2_LOWEST_ACCELERATE} here (accelerate "
             f"{installed_version('accelerate')} is installed; earlier releases mishandle T5's tied embeddings on "
-            f"torch >= 2.13): pip install 'accelerate>={FSDP2_LOWEST_ACCELERATE}', or use "
-            f"configs/accelerate/fsdp1_t5.yaml"
+            f"torch >= 2.13): pip install 'accelerate>={FSDP2_LOWEST_ACCELERATE}', or use FSDP1 (fsdp_version: 1) "
+            f"for full fine-tuning"
         )
     if engine.fsdp_version == 1 and delta:
         raise UsageError(
             "PEFT cells do not run under FSDP1: its root unit (the shared embedding and final norms) holds only frozen "
-            "weights, and after the first backward pass FSDP1 loses them (seen with torch 2.13, "
-            "tests/test_engines.py); use FSDP2 (configs/accelerate/fsdp_t5.yaml, accelerate >= "
-            f"{FSDP2_LOWEST_ACCELERATE}), DDP or DeepSpeed"
+            "weights, and after the first backward pass FSDP1 loses them (seen with torch 2.13); use FSDP2 "
+            f"(fsdp_version: 2, accelerate >= {FSDP2_LOWEST_ACCELERATE}), DDP or DeepSpeed"
         )
     if training.resume_from_checkpoint:
         raise UsageError(

@@ -292,6 +292,13 @@ def test_several_gpus_in_one_process_are_refused_before_anything_is_written(monk
                    r"CUDA_VISIBLE_DEVICES=0", capsys, tmp_path, absent=output_dir)
 
 
+def test_a_comparison_on_several_gpus_in_one_process_is_refused_once(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 4))
+    output_dir = tmp_path / "compare"
+    assert_refused(["--preset", "tiny", "--method", "all", "--use_cpu", "false", "--output_dir", output_dir],
+                   r"this process sees 4 GPUs", capsys, tmp_path, absent=output_dir)
+
+
 def test_the_global_batch_is_recorded_and_a_batch_other_than_the_presets_is_said_once(capsys, tmp_path):
     args = parse_arguments(["--preset", "tiny", "--per_device_train_batch_size", "8",
                             "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "run")])
@@ -305,6 +312,31 @@ def test_the_global_batch_is_recorded_and_a_batch_other_than_the_presets_is_said
         "--per_device_train_batch_size 16"]
     warn_if_batch_differs(training, 16, "the tiny preset")
     assert capsys.readouterr().err == ""
+
+
+def test_the_data_is_loaded_inside_main_process_first(monkeypatch, tmp_path):
+    """Under several processes the others wait while process 0 downloads and tokenizes, then read datasets' cache
+    (TrainingArguments.main_process_first, whose barriers need several processes; here loading is seen inside it)."""
+    from hf_peft_suite import experiment
+
+    depth, seen = [], []
+    real_first, real_load = TrainingArguments.main_process_first, experiment.load_data
+
+    @contextlib.contextmanager
+    def first(self, *args, **kwargs):
+        with real_first(self, *args, **kwargs):
+            depth.append(1)
+            yield
+            depth.pop()
+
+    def load_data(*args, **kwargs):
+        seen.append(bool(depth))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(TrainingArguments, "main_process_first", first)
+    monkeypatch.setattr(experiment, "load_data", load_data)
+    experiment.build(experiment.prepare(parse_arguments(["--preset", "tiny", "--output_dir", str(tmp_path / "run")])))
+    assert seen == [True]
 
 
 @pytest.fixture
