@@ -131,6 +131,32 @@ def test_a_scratch_delta_under_fsdp_is_saved_by_name_and_loads_back(name, fsdp_v
         assert torch.allclose(loaded(**batch).logits, expected, atol=1e-6)
 
 
+def test_a_peft_lora_under_fsdp2_is_saved_from_the_gathered_state_dict(gloo_group, tiny_base_dir, tiny_tokenizer,
+                                                                          tmp_path):
+    """The library cell's way under FSDP2: one training step, then peft writes the adapter from the state dict FSDP
+    gathers (not from the sharded parameters), and peft loads it back onto a fresh base."""
+    from peft import PeftModel
+
+    model = build_method_model(AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir), "lora", "library", None,
+                               tiny_tokenizer)
+    batch = labelled_batch(tiny_tokenizer)
+    wrapped = wrap_blocks(model, 2)
+    wrapped.train()
+    wrapped(**batch).loss.backward()
+    with torch.no_grad():
+        for parameter in wrapped.parameters():
+            if parameter.grad is not None:
+                parameter.sub_(0.5 * parameter.grad)
+    wrapped.eval()
+    with torch.no_grad():
+        expected = wrapped(**batch).logits
+    PEFT_ADAPTER.save(wrapped, str(tmp_path / "adapter"), gathered_full_state_dict(wrapped, 2))
+
+    loaded = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny_base_dir), tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(**batch).logits, expected, atol=1e-6)
+
+
 def test_fsdp1_loses_a_frozen_root_after_a_backward_pass_so_peft_cells_are_refused_under_it(gloo_group, tiny_model,
                                                                                              tiny_tokenizer):
     """Why PEFT cells are refused under FSDP1 (configs/accelerate/fsdp1_t5.yaml is for full fine-tuning): the root
