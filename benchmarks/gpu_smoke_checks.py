@@ -136,16 +136,17 @@ def device_map(directory: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ --dry-run
 def parse(commands_file: str) -> str:
-    """Parse every command of ``commands_file`` (``NAME<TAB>shell words``) as its program would, running nothing."""
+    """Parse every command of ``commands_file`` (``NAME<TAB>SECONDS<TAB>shell words``: the check, its time limit and
+    its command) as its program would, running nothing."""
     failures = 0
     for line in Path(commands_file).read_text().splitlines():
-        name, _, command = line.partition("\t")
+        name, limit, command = line.split("\t", 2)
         try:
             _parse_command(shlex.split(command))
-            print(f"DRY  {name:<24} parses: {command.strip()}")
+            print(f"DRY  {name:<24} {limit:>4}s  parses: {command.strip()}")
         except (CheckFailed, SystemExit, Exception) as error:  # argparse exits; report it as this line
             failures += 1
-            print(f"FAIL {name:<24} does not parse ({type(error).__name__}: {error}): {command.strip()}")
+            print(f"FAIL {name:<24} {limit:>4}s  does not parse ({type(error).__name__}: {error}): {command.strip()}")
     if failures:
         raise CheckFailed(f"{failures} command(s) do not parse")
     return "every command parses"

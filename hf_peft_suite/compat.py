@@ -542,9 +542,12 @@ INTERNALS: tuple[Internal, ...] = (
     # ---- transformers and accelerate: the engine, before Trainer exists
     Internal("transformers", "Trainer.save_model under FSDP (a FULL_STATE_DICT gathered by accelerator.get_state_dict "
              "and handed to _save; nothing for other state dict types) and DeepSpeed (16-bit weights gathered on "
-             "save); Trainer._wrap_model wraps in nn.DataParallel when args.n_gpu > 1",
-             "launch.py (check_engine, check_launch): what would save no weights or split batches is refused",
+             "save); Trainer._load_best_model reads FSDP's own checkpoint files (load_fsdp_model) under FSDP; "
+             "Trainer._wrap_model wraps in nn.DataParallel when args.n_gpu > 1",
+             "launch.py (check_engine, check_launch): what would save no weights, fail after the run or split batches "
+             "is refused",
              _all_of(_source_mentions(f"{TRAINER}.save_model", "FULL_STATE_DICT", "get_state_dict"),
+                     _source_mentions(f"{TRAINER}._load_best_model", "load_fsdp_model"),
                      _source_mentions(f"{TRAINER}._wrap_model", "n_gpu > 1")),
              ("test_engines.py::test_what_would_save_no_weights_or_fail_under_fsdp_or_zero3_is_refused",
               "test_engines.py::test_several_gpus_in_one_process_are_refused_before_anything_is_written")),

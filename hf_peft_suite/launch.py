@@ -188,6 +188,12 @@ def _check_fsdp(engine: Engine, training, delta: bool) -> None:
             "checkpoint files, and hf_peft_suite's checkpoints hold the trainable weights in the cell's format; "
             "resume without FSDP (DDP), or start again"
         )
+    if training.load_best_model_at_end:
+        raise UsageError(
+            "--load_best_model_at_end under FSDP is not supported: Trainer would reload the best checkpoint from "
+            "FSDP's own checkpoint files after the whole run, and hf_peft_suite's checkpoints hold the trainable "
+            "weights in the cell's format; leave it off (results.json records the best epoch and its accuracy)"
+        )
     check_internals("torch")
 
 

@@ -21,6 +21,7 @@ Nothing here starts a process: the whole file takes about 17 s of CPU here, impo
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import types
 from types import SimpleNamespace
@@ -220,23 +221,24 @@ def zero3(monkeypatch) -> SimulatedZero3:
     return simulation
 
 
-def tiny_cell(method, options, tokenizer, base=None):
+def tiny_cell(method, options, tokenizer, base=None, implementation="scratch"):
     """``build_model`` on the tiny base (seed 0), as a run builds it: the same random draws whatever the base holds."""
     from hf_peft_suite.tiny import build_tiny_model
 
-    model, _ = build_model(TINY_MODEL_NAME, method, "scratch", options, tokenizer=tokenizer,
+    model, _ = build_model(TINY_MODEL_NAME, method, implementation, options, tokenizer=tokenizer,
                            base_model=base if base is not None else build_tiny_model(seed=0), seed=0)
     return model
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "prompt_tuning", "adapter"])
-def test_parameters_partitioned_by_zero3_are_counted_whole(method, zero3, tiny_tokenizer):
+@pytest.mark.parametrize("method, implementation", [("full", "scratch"), ("lora", "scratch"), ("lora", "library"),
+                                                    ("prompt_tuning", "scratch"), ("adapter", "scratch")])
+def test_parameters_partitioned_by_zero3_are_counted_whole(method, implementation, zero3, tiny_tokenizer):
     from hf_peft_suite.tiny import build_tiny_model
 
-    whole = count_parameters(tiny_cell(method, None, tiny_tokenizer))
+    whole = count_parameters(tiny_cell(method, None, tiny_tokenizer, implementation=implementation))
     base = zero3.partition(build_tiny_model(seed=0))
     assert sum(parameter.numel() for parameter in base.parameters()) == 0  # what ZeRO-3 leaves each process
-    assert count_parameters(tiny_cell(method, None, tiny_tokenizer, base)) == whole
+    assert count_parameters(tiny_cell(method, None, tiny_tokenizer, base, implementation)) == whole
     assert 0 < whole["trainable_percent"] <= 100 and (whole["trainable_percent"] == 100) == (method == "full")
 
 
@@ -424,6 +426,10 @@ def test_what_would_save_no_weights_or_fail_under_fsdp_or_zero3_is_refused(launc
     launcher_environment(FSDP_STATE_DICT_TYPE="FULL_STATE_DICT")
     assert_refused([*run, "--method", "lora"], r"PEFT cells do not run under FSDP1.*use FSDP2", capsys, tmp_path)
     assert_refused(run, r"FSDP needs GPUs", capsys, tmp_path)  # full fine-tuning under FSDP1: only the GPU is missing
+    if compat.installed_version("adapters"):  # the AdapterHub cell, where it is installed (transformers 4.57)
+        assert_refused([*run, "--method", "adapter", "--implementation", "library"],
+                       r"--method adapter --implementation library cannot run under FSDP: AdapterHub's save_adapter",
+                       capsys, tmp_path)
     launcher_environment(FSDP_VERSION="2")
     if Version(compat.installed_version("accelerate")) >= Version(FSDP2_LOWEST_ACCELERATE):
         assert_refused([*run, "--method", "lora"], r"FSDP needs GPUs", capsys, tmp_path)
@@ -431,16 +437,21 @@ def test_what_would_save_no_weights_or_fail_under_fsdp_or_zero3_is_refused(launc
         assert_refused([*run, "--method", "lora"], r"FSDP2 \(fsdp_version: 2\) needs accelerate >= 1\.15\.0 here",
                        capsys, tmp_path)
 
-    adapterhub = SimpleNamespace(resume_from_checkpoint=None)
+    adapterhub = SimpleNamespace(resume_from_checkpoint=None, load_best_model_at_end=False)
     cell = "--method adapter --implementation library"
     for engine in (Engine("fsdp", 2, "FULL_STATE_DICT"), Engine("deepspeed", zero_stage=3, gathers_16bit_weights=True)):
         with pytest.raises(UsageError, match=r"cannot run under .*AdapterHub's save_adapter reads the model's own"):
             check_engine(engine, adapterhub, cell, saves_from_given_state_dict=False, delta=True)
     with pytest.raises(UsageError, match="needs GPUs"):  # ZeRO-2 keeps parameters whole: AdapterHub saves as usual
         check_engine(Engine("deepspeed", zero_stage=2), adapterhub, cell, saves_from_given_state_dict=False, delta=True)
+    # Trainer would look for FSDP's own checkpoint files, which hf_peft_suite's checkpoints are not.
+    full_fsdp1 = functools.partial(check_engine, Engine("fsdp", 1, "FULL_STATE_DICT"),
+                                   cell="--method full --implementation scratch", saves_from_given_state_dict=True,
+                                   delta=False)
     with pytest.raises(UsageError, match="--resume_from_checkpoint under FSDP is not supported"):
-        check_engine(Engine("fsdp", 1, "FULL_STATE_DICT"), SimpleNamespace(resume_from_checkpoint="run/checkpoint-8"),
-                     "--method full --implementation scratch", saves_from_given_state_dict=True, delta=False)
+        full_fsdp1(SimpleNamespace(resume_from_checkpoint="run/checkpoint-8", load_best_model_at_end=False))
+    with pytest.raises(UsageError, match="--load_best_model_at_end under FSDP is not supported"):
+        full_fsdp1(SimpleNamespace(resume_from_checkpoint=None, load_best_model_at_end=True))
     with pytest.raises(UsageError, match="DeepSpeed ZeRO-3 without zero3_save_16bit_model"):
         check_engine(Engine("deepspeed", zero_stage=3, gathers_16bit_weights=False), adapterhub, "--method lora",
                      saves_from_given_state_dict=True, delta=True)

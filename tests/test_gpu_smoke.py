@@ -17,8 +17,8 @@ from .helpers import cli_environment
 
 pytestmark = pytest.mark.slow  # starts the script (and Python under it)
 SCRIPT = ["bash", str(REPO_ROOT / "benchmarks" / "gpu_smoke.sh")]
-CHECKS = ["cells-bf16", "gradient-checkpointing", "evaluate", "predict", "device-map-cuda", "seed-recipe-epoch",
-          "torchrun-cells", "fsdp2-lora-scratch", "fsdp2-lora-library", "zero3-full"]
+ONE_GPU_CHECKS = ["cells-bf16", "gradient-checkpointing", "evaluate", "predict", "device-map-cuda", "seed-recipe-epoch"]
+CHECKS = [*ONE_GPU_CHECKS, "torchrun-cells", "fsdp2-lora-scratch", "fsdp2-lora-library", "zero3-full"]
 
 
 def run_script(*options, **environment):
@@ -41,6 +41,9 @@ def test_the_dry_run_lists_every_check_and_every_command_parses(tmp_path):
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     assert [line.split()[1] for line in lines[:-1]] == CHECKS and all(line.startswith("DRY ") for line in lines[:-1])
+    # The one-GPU checks' time limits: the script ends within 10 minutes on one GPU whatever happens.
+    limits = {line.split()[1]: int(line.split()[2].removesuffix("s")) for line in lines[:-1]}
+    assert sum(limits[name] for name in ONE_GPU_CHECKS) <= 570
     assert lines[-1] == "every command parses"
     assert not (tmp_path / "smoke").exists()
 
@@ -50,9 +53,9 @@ def test_a_command_that_does_not_parse_fails_the_dry_run(tmp_path, capsys):
     checks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(checks)
     commands = tmp_path / "commands"
-    commands.write_text("typo\tpython run_experiment.py --preset tiny --lora_rank 8\n"
-                        "fine\tpython -m torch.distributed.run --nproc_per_node 2 run_experiment.py --preset tiny\n"
-                        "config\tpython -m accelerate.commands.launch --config_file missing.yaml run_experiment.py\n")
+    commands.write_text("typo\t60\tpython run_experiment.py --preset tiny --lora_rank 8\n"
+                        "fine\t60\tpython -m torch.distributed.run --nproc_per_node 2 run_experiment.py --preset tiny\n"
+                        "config\t60\tpython -m accelerate.commands.launch --config_file missing.yaml run_experiment.py\n")
     with pytest.raises(checks.CheckFailed, match="2 command"):
         checks.parse(str(commands))
     typo, fine, config = capsys.readouterr().out.splitlines()
