@@ -36,7 +36,8 @@ TRAINING_FLAGS = {
     "learning_rate": "Peak learning rate.",
     "lr_scheduler_type": "Learning-rate schedule: constant, linear, cosine, ...",
     "warmup_ratio": "Linear warm-up over this share of the training steps.",
-    "per_device_train_batch_size": "Training batch size per device.",
+    "per_device_train_batch_size": "Training batch size per process; one step sees it x processes x "
+                                   "gradient_accumulation_steps (keep 32 on N GPUs: 32/N).",
     "per_device_eval_batch_size": "Evaluation batch size per device.",
     "gradient_accumulation_steps": "Batches per optimizer step.",
     "seed": "Random seed (weights of new modules, data order, subsets).",

@@ -207,7 +207,8 @@ def evaluate_run(run_dir: str | os.PathLike, output_dir: str | os.PathLike | Non
     run = load_run(run_dir, device=str(args.device))
     data_seed = config["training"].get("data_seed")
     seed = data_seed if data_seed is not None else config["training"]["seed"]
-    data = load_eval_data(data_arguments, run.tokenizer, run.label_words, seed=seed)
+    with args.main_process_first(desc="loading the data"):  # as a run does: read, tokenized once, then from cache
+        data = load_eval_data(data_arguments, run.tokenizer, run.label_words, seed=seed)
     trainer = GenerationAccuracyTrainer(
         model=run.model, args=args, eval_dataset=data.eval_dataset, processing_class=run.tokenizer,
         data_collator=DataCollatorForSeq2Seq(run.tokenizer, label_pad_token_id=-100), label_words=run.label_words,

@@ -57,6 +57,32 @@ def scratch_delta_model(name: str, base, tokenizer):
     return model.eval()
 
 
+def loads_inside_main_process_first(monkeypatch, module, loader: str) -> list[bool]:
+    """Spy on ``module.<loader>`` (a data loader): the list it returns gets, for every call, whether the call ran inside
+    ``TrainingArguments.main_process_first`` (whose barriers need several processes; one process shows the nesting)."""
+    import contextlib
+
+    from hf_peft_suite.arguments import TrainingArguments
+
+    depth, seen = [], []
+    real_first, real_load = TrainingArguments.main_process_first, getattr(module, loader)
+
+    @contextlib.contextmanager
+    def first(self, *args, **kwargs):
+        with real_first(self, *args, **kwargs):
+            depth.append(1)
+            yield
+            depth.pop()
+
+    def load(*args, **kwargs):
+        seen.append(bool(depth))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(TrainingArguments, "main_process_first", first)
+    monkeypatch.setattr(module, loader, load)
+    return seen
+
+
 def write_split_files(folder: Path, train_rows, test_rows, suffix: str = ".csv") -> Path:
     """``train<suffix>`` and ``test<suffix>`` (csv, jsonl or parquet) in ``folder`` from lists of row dicts."""
     import pandas as pd

@@ -33,7 +33,7 @@ from transformers import AutoModelForSeq2SeqLM
 
 import hf_peft_suite  # noqa: F401  (registers the scratch models with the Auto classes)
 from hf_peft_suite import compat
-from hf_peft_suite.arguments import TrainingArguments, parse_arguments
+from hf_peft_suite.arguments import TrainingArguments, parse_arguments, recipe_train_batch
 from hf_peft_suite.errors import UsageError
 from hf_peft_suite.launch import (
     FSDP2_LOWEST_ACCELERATE,
@@ -51,7 +51,14 @@ from hf_peft_suite.modeling import build_model, count_parameters
 from hf_peft_suite.tiny import TINY_MODEL_NAME
 
 from .conftest import REPO_ROOT
-from .helpers import SCRATCH_DELTAS, assert_refused, labelled_batch, scratch_delta_model, snapshot
+from .helpers import (
+    SCRATCH_DELTAS,
+    assert_refused,
+    labelled_batch,
+    loads_inside_main_process_first,
+    scratch_delta_model,
+    snapshot,
+)
 
 # ------------------------------------------------------------------------------------------------------ FSDP
 @pytest.fixture
@@ -332,8 +339,9 @@ def test_the_global_batch_is_recorded_and_a_batch_other_than_the_presets_is_said
                             "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "run")])
     training = args.training
     assert global_train_batch(training) == 16 and engine_of(training).name == "single"
-    warn_if_batch_differs(training, 32, "the tiny preset")
-    warn_if_batch_differs(training, 32, "the tiny preset")
+    assert recipe_train_batch(args) == (32, "the tiny preset")
+    warn_if_batch_differs(training, *recipe_train_batch(args))
+    warn_if_batch_differs(training, *recipe_train_batch(args))
     assert capsys.readouterr().err.splitlines() == [
         "warning: the global batch is 16 (8 per device x 1 process x 2 accumulation steps), not the 32 that the tiny "
         "preset's learning rate and schedule were chosen for; for the tiny preset's batch pass "
@@ -341,28 +349,26 @@ def test_the_global_batch_is_recorded_and_a_batch_other_than_the_presets_is_said
     warn_if_batch_differs(training, 16, "the tiny preset")
     assert capsys.readouterr().err == ""
 
+    # The seed recipe (no preset) with its 32 per device on 8 GPUs, one process each (the line docs/distributed.md
+    # quotes); the training arguments of 8 processes stand in (no GPU here).
+    seed = parse_arguments(["--output_dir", str(tmp_path / "seed")])
+    assert recipe_train_batch(seed) == (32, "the seed recipe") and global_train_batch(seed.training) == 32
+    eight_gpus = SimpleNamespace(train_batch_size=32, per_device_train_batch_size=32, world_size=8,
+                                 gradient_accumulation_steps=1)
+    warn_if_batch_differs(eight_gpus, *recipe_train_batch(seed))
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: the global batch is 256 (32 per device x 8 processes x 1 accumulation step), not the 32 that the "
+        "seed recipe's learning rate and schedule were chosen for; for the seed recipe's batch pass "
+        "--per_device_train_batch_size 4"]
+
 
 def test_the_data_is_loaded_inside_main_process_first(monkeypatch, tmp_path):
     """Under several processes the others wait while process 0 downloads and tokenizes, then read datasets' cache
-    (TrainingArguments.main_process_first, whose barriers need several processes; here loading is seen inside it)."""
+    (TrainingArguments.main_process_first, whose barriers need several processes; here loading is seen inside it).
+    The ``evaluate`` command does the same (tests/test_runs.py)."""
     from hf_peft_suite import experiment
 
-    depth, seen = [], []
-    real_first, real_load = TrainingArguments.main_process_first, experiment.load_data
-
-    @contextlib.contextmanager
-    def first(self, *args, **kwargs):
-        with real_first(self, *args, **kwargs):
-            depth.append(1)
-            yield
-            depth.pop()
-
-    def load_data(*args, **kwargs):
-        seen.append(bool(depth))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(TrainingArguments, "main_process_first", first)
-    monkeypatch.setattr(experiment, "load_data", load_data)
+    seen = loads_inside_main_process_first(monkeypatch, experiment, "load_data")
     experiment.build(experiment.prepare(parse_arguments(["--preset", "tiny", "--output_dir", str(tmp_path / "run")])))
     assert seen == [True]
 

@@ -16,7 +16,7 @@ from hf_peft_suite.cli import main
 from hf_peft_suite.experiment import run_experiment
 
 from .conftest import ALL_CELLS, TWO_PROCESS_EVALUATION, cell_param
-from .helpers import read_results, write_split_files
+from .helpers import loads_inside_main_process_first, read_results, write_split_files
 
 pytestmark = pytest.mark.slow  # every cell is trained first
 
@@ -136,6 +136,15 @@ def test_evaluate_refuses_several_gpus_in_one_process(finished_runs, tmp_path, c
     assert re.fullmatch(r"error: this process sees 4 GPUs, .*CUDA_VISIBLE_DEVICES=0 python run_experiment\.py \.\.\.",
                         error), error
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_loads_the_data_inside_main_process_first(finished_runs, monkeypatch):
+    """As a run does (tests/test_engines.py): under several processes only process 0 reads and tokenizes first."""
+    from hf_peft_suite import runs
+
+    seen = loads_inside_main_process_first(monkeypatch, runs, "load_eval_data")
+    evaluate_run(finished_runs[("lora", "scratch")], max_eval_samples=16)
+    assert seen == [True]
 
 
 def test_predict_a_file_whose_rows_are_not_all_text_is_one_error_line(finished_runs, tmp_path, capsys):
