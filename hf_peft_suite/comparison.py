@@ -8,8 +8,8 @@ with where its values come from), then the preset, the JSON file and the flags o
 folder's ``error.json`` and does not stop the others; under several processes (``torchrun``, ``accelerate launch``) a
 cell that fails on one process only (out of memory, a bug) stops the comparison on every process with one line each,
 since the others wait for it in a collective (:func:`_stop_every_process`). Running the same command again skips
-finished runs (those with a ``results.json``) and redoes failed or missing ones. As it goes it prints ``cell k/N: method/implementation`` with
-the elapsed time and an estimate of what is left; at the end ``comparison.{md,csv,json}``, ``comparison.png`` and
+finished runs (those with a ``results.json``) and redoes failed or missing ones. As it goes it prints ``cell k/N:
+method/implementation`` with the elapsed time and an estimate of what is left; at the end ``comparison.{md,csv,json}``, ``comparison.png`` and
 ``learning_curves.png`` are written (:mod:`hf_peft_suite.report`) and the total time is printed.
 """
 

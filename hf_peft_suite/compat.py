@@ -561,8 +561,9 @@ INTERNALS: tuple[Internal, ...] = (
              "launch.py (engine_of): the engine an accelerate config asks for",
              _all_of(_source_mentions("accelerate.utils.launch:prepare_multi_gpu_env", '"ACCELERATE_USE_FSDP"',
                                       '"FSDP_STATE_DICT_TYPE"'),
-                     _source_mentions("accelerate.utils.launch:prepare_deepspeed_cmd_env", '"ACCELERATE_USE_DEEPSPEED"',
-                                      '"ACCELERATE_DEEPSPEED_ZERO_STAGE"', '"ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"')),
+                     _source_mentions("accelerate.utils.launch:prepare_deepspeed_cmd_env",
+                                      '"ACCELERATE_USE_DEEPSPEED"', '"ACCELERATE_DEEPSPEED_ZERO_STAGE"',
+                                      '"ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"')),
              ("test_engines.py::test_the_engine_is_read_from_the_launcher_environment",)),
     # ---- DeepSpeed (not a dependency: needed only where a run uses it; simulated in the tests)
     Internal("deepspeed", "ZeRO-3 partitioned parameters: deepspeed.zero.Init leaves empty data and sets ds_numel, "

@@ -35,7 +35,8 @@ def t5_small_on_meta():
     return model
 
 
-# Every scratch delta, DoRA apart from LoRA (``dora``: LoRA with --lora_use_dora true): each is found by name its own way.
+# Every scratch delta, DoRA apart from LoRA (``dora``: LoRA with --lora_use_dora true): each is found by name its own
+# way.
 SCRATCH_DELTAS = ("prompt_tuning", "adapter", "lora", "dora", "ia3", "prefix_tuning")
 
 

@@ -55,7 +55,8 @@ def test_a_command_that_does_not_parse_fails_the_dry_run(tmp_path, capsys):
     commands = tmp_path / "commands"
     commands.write_text("typo\t60\tpython run_experiment.py --preset tiny --lora_rank 8\n"
                         "fine\t60\tpython -m torch.distributed.run --nproc_per_node 2 run_experiment.py --preset tiny\n"
-                        "config\t60\tpython -m accelerate.commands.launch --config_file missing.yaml run_experiment.py\n")
+                        "config\t60\tpython -m accelerate.commands.launch --config_file missing.yaml "
+                        "run_experiment.py\n")
     with pytest.raises(checks.CheckFailed, match="2 command"):
         checks.parse(str(commands))
     typo, fine, config = capsys.readouterr().out.splitlines()

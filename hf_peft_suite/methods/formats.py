@@ -124,7 +124,8 @@ class PeftAdapterFormat(ArtifactFormat):
 
         check_saved_config(os.path.join(directory, PEFT_CONFIG_NAME), model.peft_config["default"].to_dict())
         # Full shapes, without reading values: ZeRO-3 may hold the parameters partitioned (empty) while this runs.
-        expected = get_peft_model_state_dict(model, state_dict=full_shape_state_dict(model), save_embedding_layers=False)
+        expected = get_peft_model_state_dict(model, state_dict=full_shape_state_dict(model),
+                                             save_embedding_layers=False)
         path = os.path.join(directory, self.weights_name)
         if not os.path.isfile(path):
             raise UsageError(f"it holds no {self.weights_name}, the weights this model saves")
