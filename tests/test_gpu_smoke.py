@@ -10,9 +10,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, requires_no_gpu
 from .helpers import cli_environment
 
 pytestmark = pytest.mark.slow  # starts the script (and Python under it)
@@ -26,7 +25,7 @@ def run_script(*options, **environment):
                           env=cli_environment(PYTHON=sys.executable, **environment))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the script would run its checks")
+@requires_no_gpu  # with a GPU the script would run its checks
 def test_without_a_gpu_the_smoke_script_refuses_in_one_line(tmp_path):
     result = run_script(SMOKE_DIR=str(tmp_path / "smoke"))
     assert (result.returncode, result.stdout) == (2, "")
