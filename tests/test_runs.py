@@ -138,12 +138,12 @@ def test_evaluate_refuses_several_gpus_in_one_process(finished_runs, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def test_evaluate_loads_the_data_inside_main_process_first(finished_runs, monkeypatch):
+def test_evaluate_loads_the_data_inside_main_process_first(finished_runs, monkeypatch, tmp_path):
     """As a run does (tests/test_engines.py): under several processes only process 0 reads and tokenizes first."""
     from hf_peft_suite import runs
 
     seen = loads_inside_main_process_first(monkeypatch, runs, "load_eval_data")
-    evaluate_run(finished_runs[("lora", "scratch")], max_eval_samples=16)
+    evaluate_run(finished_runs[("lora", "scratch")], output_dir=tmp_path / "eval", max_eval_samples=16)
     assert seen == [True]
 
 
