@@ -94,6 +94,7 @@ def run_parsed_experiment(args: ParsedArguments, callbacks: list | None = None,
 def _run_stages(args: ParsedArguments, callbacks: list | None, compute_metrics: UserMetrics | None) -> dict:
     plan = prepare(args)
     built = build(plan, user_metrics=compute_metrics is not None)
+    warn_if_batch_differs(plan.args.training, *recipe_train_batch(plan.args))  # (a refused run says only why)
     made_folder = plan.args.training.process_index == 0 and not plan.output_dir.exists()
     claim = claim_output_dir(plan)  # the first write: everything above only read and checked
     try:
@@ -157,7 +158,6 @@ def prepare(args: ParsedArguments) -> Plan:
     check_engine(engine, training, f"--method {method.name} --implementation {experiment.implementation}",
                  method.artifact_format(experiment.implementation).saves_from_given_state_dict,
                  delta=method.name != "full")
-    warn_if_batch_differs(training, *recipe_train_batch(args))
     push = push_settings(training, output_dir)
     # Our own push after training (hub.py): Trainer's would push every checkpoint, tokenizer and training arguments.
     training.push_to_hub = False
