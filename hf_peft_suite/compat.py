@@ -18,9 +18,10 @@ of a run, ``evaluate``, ``predict``, ``report`` and ``push`` (:func:`warn_outsid
 ``Trainer`` methods, peft's prompt and prefix internals, the cache classes, the Auto classes' private keyword
 arguments, AdapterHub's parameter layout, torch's CPU feature checks), with the module that uses it, a check of the
 installed library where one can be made without building a model, and the tests that exercise it. Before training
-(and before ``evaluate`` / ``predict`` load a model) :func:`check_internals` runs the checks: a library that changed
-one stops the command with one ``error:`` line naming the API and the tested versions, instead of a traceback
-mid-run. Internals that live on model instances are reached through the accessors at the end of this module, which
+(and before ``evaluate`` / ``predict`` load a model) :func:`check_internals` runs the checks: transformers' for every
+command, peft's and AdapterHub's before a library cell is built, accelerate's when processes were launched together,
+torch's under FSDP and DeepSpeed's under DeepSpeed. A library that changed one stops the command with one ``error:``
+line naming the API and the tested versions, instead of a traceback mid-run. Internals that live on model instances are reached through the accessors at the end of this module, which
 fail the same way.
 """
 
@@ -564,7 +565,8 @@ INTERNALS: tuple[Internal, ...] = (
                      _source_mentions("accelerate.utils.launch:prepare_deepspeed_cmd_env",
                                       '"ACCELERATE_USE_DEEPSPEED"', '"ACCELERATE_DEEPSPEED_ZERO_STAGE"',
                                       '"ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"')),
-             ("test_engines.py::test_the_engine_is_read_from_the_launcher_environment",)),
+             ("test_engines.py::test_the_engine_is_read_from_the_launcher_environment",
+              "test_engines.py::test_processes_launched_together_stop_when_accelerate_renamed_its_engine_variables")),
     # ---- DeepSpeed (not a dependency: needed only where a run uses it; simulated in the tests)
     Internal("deepspeed", "ZeRO-3 partitioned parameters: deepspeed.zero.Init leaves empty data and sets ds_numel, "
              "ds_shape (Init._convert_to_deepspeed_param)",

@@ -135,6 +135,8 @@ def _deepspeed_engine(training) -> Engine | None:
 def check_engine(engine: Engine, training, cell: str, saves_from_given_state_dict: bool, delta: bool) -> None:
     """Refuse, with one line, what would fail or save nothing under ``engine`` (``cell``: ``--method M
     --implementation I``; ``delta``: the cell trains a part of the model beside a frozen base)."""
+    if engine.kind != "single":  # read from the variables accelerate sets: are they still its names?
+        check_internals("accelerate")
     if engine.kind not in ("fsdp", "deepspeed"):
         return
     flag = {"fsdp": "FSDP", "deepspeed": f"DeepSpeed ZeRO-{engine.zero_stage}"}[engine.kind]

@@ -401,6 +401,24 @@ def test_the_engine_is_read_from_the_launcher_environment(launcher_environment, 
     assert engine(FSDP_STATE_DICT_TYPE="FULL_STATE_DICT").name == "fsdp2"
 
 
+def test_processes_launched_together_stop_when_accelerate_renamed_its_engine_variables(monkeypatch):
+    """accelerate is not capped: a release that renamed the variables engine_of reads would make an FSDP or ZeRO-3 run
+    look like DDP and skip its refusals, so processes launched together check them first; one process reads none."""
+    import accelerate.utils.launch
+
+    def prepare_multi_gpu_env(args):  # as a release that renamed the FSDP variables would have it
+        return {"ACCELERATE_FSDP_ENABLED": "true", "ACCELERATE_FSDP_STATE_DICT": "FULL_STATE_DICT"}
+
+    monkeypatch.setattr(accelerate.utils.launch, "prepare_multi_gpu_env", prepare_multi_gpu_env)
+    cell = "--method lora --implementation scratch"
+    with pytest.raises(UsageError) as refused:
+        check_engine(Engine("ddp"), SimpleNamespace(), cell, True, delta=True)
+    message = str(refused.value)
+    assert message.startswith("accelerate ") and "is not compatible with hf-peft-suite" in message
+    assert "prepare_multi_gpu_env no longer uses \"ACCELERATE_USE_FSDP\"" in message and "\n" not in message
+    check_engine(Engine("single"), SimpleNamespace(), cell, True, delta=True)
+
+
 @pytest.mark.parametrize("config", ["fsdp_t5.yaml", "fsdp1_t5.yaml"])
 def test_each_shipped_fsdp_config_gives_the_engine_it_says(config, launcher_environment, capsys, tmp_path):
     """accelerate's own launcher turns the config into the variables it passes its processes (nothing is started);
