@@ -227,13 +227,13 @@ def test_generation_flags_reach_generate(cell_spec, tmp_path):
 
 # --------------------------------------------------------------------------------------------- torch.compile
 @pytest.mark.slow
-@pytest.mark.parametrize("cell_spec", [LORA])
+@pytest.mark.parametrize("cell_spec", [LORA, PEFT_LORA])
 def test_torch_compile_trains_through_the_compiled_model(cell_spec, runs_root):
     """--torch_compile: Trainer compiles the model it trains (dynamo captures its graphs), and the run trains as
-    without it. The "eager" backend runs the captured graphs as they are: inductor, the default, takes about a minute
-    of CPU to compile the tiny T5, which the suite cannot spend; what the flag changes in Trainer is the same. One cell
-    only: tracing even the tiny T5 takes 6-14 s here; the scratch cell is the one whose modules are this package's
-    own (accelerate compiles a peft model the same way, and the package has no code of its own on that path)."""
+    without it and saves its artifact (the compiled wrapper's ``_orig_mod.`` names stripped). The "eager" backend runs
+    the captured graphs as they are: inductor, the default, takes about a minute of CPU to compile the tiny T5, which
+    the suite cannot spend; what the flag changes in Trainer is the same. One scratch and one library cell: tracing
+    even the tiny T5 takes 5-14 s a cell here."""
     from torch._dynamo.utils import counters
 
     plain = run(runs_root, cell_spec)
