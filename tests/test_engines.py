@@ -102,6 +102,18 @@ def gathered_full_state_dict(wrapped, fsdp_version: int) -> dict:
     return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def train_one_step(wrapped, batch) -> None:
+    """One step of plain SGD (learning rate 0.5) on the sharded (DTensor) parameters of an FSDP2 model, left in eval
+    mode."""
+    wrapped.train()
+    wrapped(**batch).loss.backward()
+    with torch.no_grad():
+        for parameter in wrapped.parameters():
+            if parameter.grad is not None:
+                parameter.sub_(0.5 * parameter.grad)
+    wrapped.eval()
+
+
 @pytest.mark.parametrize("fsdp_version", [1, 2], ids=["fsdp1", "fsdp2"])
 @pytest.mark.parametrize("name", list(SCRATCH_DELTAS))
 def test_a_scratch_delta_under_fsdp_is_saved_by_name_and_loads_back(name, fsdp_version, gloo_group, tiny_base_dir,
@@ -116,14 +128,8 @@ def test_a_scratch_delta_under_fsdp_is_saved_by_name_and_loads_back(name, fsdp_v
     names = model.delta_parameter_names()
     batch = labelled_batch(tiny_tokenizer)
     wrapped = wrap_blocks(model, fsdp_version)
-    if fsdp_version == 2:  # one step of plain SGD on the sharded (DTensor) parameters
-        wrapped.train()
-        wrapped(**batch).loss.backward()
-        with torch.no_grad():
-            for parameter in wrapped.parameters():
-                if parameter.grad is not None:
-                    parameter.sub_(0.5 * parameter.grad)
-        wrapped.eval()
+    if fsdp_version == 2:
+        train_one_step(wrapped, batch)
     with torch.no_grad():
         expected = wrapped(**batch).logits
 
@@ -149,13 +155,7 @@ def test_a_peft_lora_under_fsdp2_is_saved_from_the_gathered_state_dict(gloo_grou
                                tiny_tokenizer)
     batch = labelled_batch(tiny_tokenizer)
     wrapped = wrap_blocks(model, 2)
-    wrapped.train()
-    wrapped(**batch).loss.backward()
-    with torch.no_grad():
-        for parameter in wrapped.parameters():
-            if parameter.grad is not None:
-                parameter.sub_(0.5 * parameter.grad)
-    wrapped.eval()
+    train_one_step(wrapped, batch)
     with torch.no_grad():
         expected = wrapped(**batch).logits
     PEFT_ADAPTER.save(wrapped, str(tmp_path / "adapter"), gathered_full_state_dict(wrapped, 2))
