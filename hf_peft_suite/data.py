@@ -122,7 +122,7 @@ def read_input_file(path: str | os.PathLike, template: InputTemplate) -> dict[st
                          f"with --text_column")
     template.check_columns(dataset.column_names, path)
     option = "--text_column" if one_column else "--input_template"
-    columns = {column: dataset[column] for column in template.columns}
+    columns = {column: column_values(dataset, column) for column in template.columns}
     for column, texts in columns.items():
         _check_texts(texts, path, column, option)
     return columns
@@ -203,7 +203,8 @@ def resolve_label_words(train, evaluation, args: DataArguments) -> tuple[list[st
                 )
             value_to_id = {index: index for index in range(feature.num_classes)}
     else:
-        values = sorted(set(train[args.label_column]) | set(evaluation[args.label_column]), key=str)
+        values = sorted(set(column_values(train, args.label_column)) | set(column_values(evaluation, args.label_column)),
+                        key=str)
         if any(value is None for value in values):
             raise UsageError(f"the label column {args.label_column!r} has empty labels; fill or drop those rows")
         if pairs is not None:
@@ -350,16 +351,23 @@ def _check_texts(texts: list, where: str, column: str, option: str = "--text_col
         )
 
 
+def column_values(dataset, column: str) -> list:
+    """The values of one column of a ``datasets.Dataset`` as a list, read in one batch. (From datasets 4 on,
+    ``dataset[column]`` is a lazy ``Column`` that is read row by row as it is iterated: on 2,000 rows that took 27 ms
+    a pass against 0.7 ms so, and a run made several such passes over its whole splits.)"""
+    return dataset.select_columns([column])[:][column]
+
+
 def _check_inputs(split, where: str, args: DataArguments, template: InputTemplate) -> None:
     option = "--input_template" if args.input_template else "--text_column"
     for column in template.columns:
-        _check_texts(split[column], where, column, option)
+        _check_texts(column_values(split, column), where, column, option)
 
 
 def _warn_about_labels(train, evaluation, args: DataArguments, words: list[str], value_to_id: dict) -> None:
     """Allowed, but likely a mistake: one class to train on, evaluation classes never trained on, tiny inputs."""
-    trained = {value_to_id[value] for value in train[args.label_column]}
-    evaluated = {value_to_id[value] for value in evaluation[args.label_column]}
+    trained = {value_to_id[value] for value in column_values(train, args.label_column)}
+    evaluated = {value_to_id[value] for value in column_values(evaluation, args.label_column)}
     if len(trained) == 1:
         warn(f"the training data holds only the class {words[next(iter(trained))]!r}: the model can learn nothing "
              f"but to write it (check --label_column, or take more --max_train_samples)")
@@ -455,6 +463,6 @@ def _tokenized(dataset, tokenize, sort_by_length: bool):
     """``dataset`` tokenized (only model inputs and labels left), longest first when ``sort_by_length``."""
     dataset = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenizing")
     if sort_by_length:
-        lengths = np.array([len(ids) for ids in dataset["input_ids"]])
+        lengths = np.array([len(ids) for ids in column_values(dataset, "input_ids")])
         dataset = dataset.select(np.argsort(-lengths, kind="stable")).flatten_indices()
     return dataset
