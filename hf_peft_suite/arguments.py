@@ -152,6 +152,11 @@ class ExperimentArguments:
     verbose: bool = field(
         default=False, metadata={"help": "Show the libraries' own logs, warnings and progress bars (quiet otherwise)."}
     )
+    figures: bool = field(
+        default=True,
+        metadata={"help": "Draw each run's learning_curves.png and a comparison's two figures. --no_figures: tables "
+                  "and results.json only ('hf-peft-suite report' draws the comparison's later)."},
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:

@@ -121,7 +121,7 @@ def run_comparison(argv: list[str]) -> Path:
     if not main:  # process 0 writes the comparison
         return output_dir
     notices: list[str] = []
-    paths = write_report([output_dir], notices=notices)
+    paths = write_report([output_dir], notices=notices, figures=sources.setting("figures") is not False)
     print("\n" + paths["md"].read_text())
     print(counter.summary([f"{method}/{implementation}" for method, implementation, _ in skipped]))
     for line in notices:

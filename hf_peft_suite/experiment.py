@@ -460,7 +460,8 @@ def publish(plan: Plan, trainer: GenerationAccuracyTrainer, results: dict) -> No
     write_model_card(output_dir / ARTIFACT_FOLDER, results, plan.push.repo_id if plan.push else None)
     write_results(output_dir, results)
     print_summary(results)
-    print(write_run_figure(results, output_dir))
+    if plan.args.experiment.figures:
+        print(write_run_figure(results, output_dir))
     if plan.push is not None:
         results["hub"] = push_run(output_dir, plan.push)
         write_results(output_dir, results)

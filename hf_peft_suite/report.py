@@ -293,9 +293,10 @@ def write_figures(cells: list[Cell], rows: list[dict], output_dir: Path) -> dict
 
 
 def write_report(directories: list[str | Path], output_dir: str | Path | None = None,
-                 notices: list[str] | None = None) -> dict[str, Path]:
-    """Write comparison.{md,csv,json} and the figures (comparison.png, learning_curves.png) into ``output_dir``
-    (default: the first directory); return their paths. Why there are no figures, if so, is appended to ``notices``."""
+                 notices: list[str] | None = None, figures: bool = True) -> dict[str, Path]:
+    """Write comparison.{md,csv,json} and, unless ``figures`` is false, the figures (comparison.png,
+    learning_curves.png) into ``output_dir`` (default: the first directory); return their paths. Why there are no
+    figures, if so, is appended to ``notices``."""
     start_command(needed_for=())
     cells = collect_cells(directories)
     rows = [row_from_cell(cell) for cell in cells]
@@ -309,10 +310,10 @@ def write_report(directories: list[str | Path], output_dir: str | Path | None = 
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({**row, "seeds": " ".join(map(str, row["seeds"]))} for row in rows)
-    figures = write_figures(cells, rows, output_dir)
-    if isinstance(figures, str):
+    drawn = write_figures(cells, rows, output_dir) if figures else {}
+    if isinstance(drawn, str):
         if notices is not None:
-            notices.append(figures)
+            notices.append(drawn)
     else:
-        paths.update(figures)
+        paths.update(drawn)
     return paths

@@ -157,3 +157,24 @@ def test_a_method_has_the_same_colour_in_a_runs_figure_and_in_the_comparison(tmp
     curve = plots.curve_from_runs("lora/scratch", "lora", "scratch", [results])
     alone = plots.plot_learning_curves([curve], tmp_path / "alone.png", "lora alone")
     assert lines(alone.axes[0])["lora/scratch"].get_color() == lines(drawn["curves"].axes[0])["lora/scratch"].get_color()
+
+
+@pytest.mark.slow  # (trains two tiny cells)
+def test_no_figures_writes_the_tables_and_results_and_report_draws_the_figures_later(tmp_path, capsys):
+    """``--no_figures`` (``figures=False`` from Python): every table and results.json, no PNG and no figure line;
+    ``hf-peft-suite report`` on the folder draws the comparison's two figures afterwards."""
+    output_dir = tmp_path / "compare"
+    assert main(["--preset", "tiny", "--method", "all", "--implementation", "scratch", "--max_steps", "2",
+                 "--max_train_samples", "32", "--max_eval_samples", "8", "--no_figures",
+                 "--output_dir", str(output_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "learning curves:" not in out and ".png" not in out
+    assert sorted(path.name for path in output_dir.glob("comparison.*")) == ["comparison.csv", "comparison.json",
+                                                                             "comparison.md"]
+    runs = sorted(path.parent for path in output_dir.glob("*/results.json"))
+    assert len(runs) >= 2 and not list(output_dir.rglob("*.png"))
+    assert all(json.loads((run / "results.json").read_text())["config"]["experiment"]["figures"] is False
+               for run in runs)
+    assert main(["report", str(output_dir)]) == 0
+    assert (output_dir / "comparison.png").read_bytes()[:8] == PNG
+    assert (output_dir / "learning_curves.png").read_bytes()[:8] == PNG
