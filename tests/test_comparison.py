@@ -87,7 +87,7 @@ def test_a_failing_cell_is_listed_and_does_not_stop_the_others(tmp_path):
     # LoRA targets that the tiny T5 does not have: the LoRA cells fail, the others run.
     # The scratch cells only, to keep it short: LoRA's fails, and the five others run.
     assert main([*QUICK, "--method", "all", "--implementation", "scratch", "--output_dir", str(output_dir),
-                 "--lora_target_modules", "qkv"]) == 0
+                 "--lora_target_modules", "qkv", "--no_figures"]) == 0
     rows = {(row["method"], row["implementation"]): row for row in json.loads((output_dir / "comparison.json").read_text())}
     assert rows[("lora", "scratch")]["status"] == "failed"
     assert "qkv" in rows[("lora", "scratch")]["error"]
@@ -134,7 +134,8 @@ def test_recommended_learning_rate_is_the_one_its_source_cites(method):
 @pytest.mark.slow
 def test_implementation_with_method_all_runs_only_that_implementations_cells(tmp_path, capsys):
     output_dir = tmp_path / "library"
-    assert main([*QUICK, "--method", "all", "--implementation", "library", "--output_dir", str(output_dir)]) == 0
+    assert main([*QUICK, "--method", "all", "--implementation", "library", "--output_dir", str(output_dir),
+                 "--no_figures"]) == 0
     cells, skipped = comparison_cells("library")
     assert {implementation for _, implementation in cells} == {"library"}
     assert sorted(path.parent.name for path in output_dir.glob("*/results.json")) == sorted(

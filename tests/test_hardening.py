@@ -24,7 +24,8 @@ from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
 from .conftest import REPO_ROOT
 from .helpers import assert_refused, cli_environment, read_results, write_split_files
 
-QUICK = ["--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8"]
+# (--no_figures: the figures are test_figures.py's; drawing one takes about 0.2 s, a fifth of a run here)
+QUICK = ["--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8", "--no_figures"]
 ROWS = [{"text": "great movie", "label": "positive"}, {"text": "awful plot", "label": "negative"}] * 4
 
 

@@ -23,7 +23,8 @@ from .conftest import cell_param
 
 STOP_AFTER = 4  # steps; 3 steps per epoch, so the stop falls inside epoch 2
 RUN = dict(preset="tiny", max_train_samples=96, num_train_epochs=3, max_eval_samples=32, per_device_eval_batch_size=32,
-           save_strategy="steps", save_steps=2, group_by_length=True)  # length-grouped batches, reseeded per epoch
+           save_strategy="steps", save_steps=2, group_by_length=True,  # length-grouped batches, reseeded per epoch
+           figures=False)  # (the figures are test_figures.py's; each takes about 0.2 s)
 CELLS = [
     pytest.param("full", "scratch", id="full"),
     pytest.param("lora", "scratch", id="lora-scratch"),

@@ -41,8 +41,10 @@ from .conftest import ALL_CELLS, requires_adapterhub
 from .helpers import assert_refused, read_results
 
 LATEST = int(installed_version("transformers").split(".")[0]) >= 5
+# (--no_figures: the figures are test_figures.py's; drawing one takes about 0.2 s, a fifth of a run here)
 QUICK = ["--preset", "tiny", "--max_train_samples", "32", "--per_device_train_batch_size", "8",
-         "--max_eval_samples", "16", "--max_steps", "4", "--logging_strategy", "steps", "--logging_steps", "1"]
+         "--max_eval_samples", "16", "--max_steps", "4", "--logging_strategy", "steps", "--logging_steps", "1",
+         "--no_figures"]
 EVAL_KEYS = ("eval_accuracy", "eval_macro_f1", "eval_invalid_rate", "eval_num_scored")
 
 
