@@ -29,9 +29,15 @@ for it.
 - ``fresh_interpreter``: what a fresh ``python`` reports after ``import hf_peft_suite`` (heavy modules loaded, model
   types registered) and after building, training a step, saving, loading and generating with every scratch method
   (whether peft was imported), as a dict.
+- One real process for one test each, for what only a process shows (``.result``, ``.output_dir``):
+  ``terminal_run`` (the tiny preset on a pseudo-terminal; stdout is its screen), ``transformers_verbosity_info`` (a
+  run started with ``TRANSFORMERS_VERBOSITY=info``), ``unknown_method_process`` (``--method qlora``) and
+  ``gpu_smoke_dry_run`` (``bash benchmarks/gpu_smoke.sh --dry-run``).
 
 A new fixture of this kind is a :class:`Command` in :func:`background_commands`, its name in :data:`BACKGROUND`, and a
-fixture that returns ``background.launched(name)``.
+fixture that returns ``background.launched(name)``: an entry in :data:`LAUNCHED_FIXTURES` makes one (a fixture that
+waits for commands of other names lists them in :data:`FIXTURE_COMMANDS`). A test that starts a process of its own leaves a core idle while it waits: one whose
+process needs nothing from the test belongs here.
 
 Small fixtures: ``tiny_tokenizer`` (session), ``tiny_model`` (fresh per test), ``tiny_base_dir`` (the tiny T5 saved
 once), and the ``../shared`` material (``shared_imdb``, ``t5_small_path``, ``t5_small_random``) for tests marked
@@ -184,6 +190,16 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    # What a test imports (peft, datasets, matplotlib, dynamo, ...) and what outlives it (module and session fixtures)
+    # lives on too: freeze it after each test, or every training run's full pass walks it again. The pass here sees
+    # only what the test left (test_trainer_flags.py: 91 full passes took 5.5 s, 1.0 s so; the file 37 s, 31 s).
+    yield
+    gc.collect()
+    gc.freeze()
+
+
 # --------------------------------------------------------------------------------------- small shared material
 def _shared(path: Path) -> Path:
     assert path.exists(), f"{path} is absent: mark the test @requires_shared (tests/conftest.py)"
@@ -245,12 +261,16 @@ class Launched(NamedTuple):
 
 
 class Command(NamedTuple):
-    """A session fixture's command, as :class:`Background` runs it."""
+    """A session fixture's command, as :class:`Background` runs it: ``environment`` is added to the tests' own (never
+    changed in place), and with ``terminal`` the command writes to a pseudo-terminal of 120 x 40 characters, whose
+    screen is the result's ``stdout``."""
 
     argv: list[str]
     output_dir: Path
     cwd: Path = REPO_ROOT
     timeout: int = 1200
+    environment: dict[str, str] = {}
+    terminal: bool = False
 
 
 def background_commands(folder: Path) -> dict[str, Command]:
@@ -280,6 +300,22 @@ def background_commands(folder: Path) -> dict[str, Command]:
         "readme_example": Command([sys.executable, "-c", readme_python_example()], folder / "readme" / "outputs"
                                   / "tiny-full", cwd=folder / "readme"),
         "fresh_interpreter": Command([sys.executable, "-c", FRESH_INTERPRETER, *delta_model_types()], folder / "fresh"),
+        # One real process each, for what only a process shows; here rather than in their tests, so that the tests'
+        # own core is not idle while they run.
+        "terminal_run": Command(
+            [*script, "--preset", "tiny", "--max_steps", "30", "--eval_strategy", "steps", "--eval_steps", "15",
+             "--max_eval_samples", "64", "--output_dir", str(folder / "terminal" / "run")], folder / "terminal" / "run",
+            terminal=True),
+        "transformers_verbosity_info": Command(
+            [*script, "--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "16",
+             "--output_dir", str(folder / "verbosity" / "run")], folder / "verbosity" / "run",
+            environment={"TRANSFORMERS_VERBOSITY": "info"}),
+        "unknown_method_process": Command(
+            [*script, "--preset", "tiny", "--method", "qlora", "--output_dir", str(folder / "unknown_method" / "out")],
+            folder / "unknown_method" / "out"),
+        "gpu_smoke_dry_run": Command(
+            ["bash", str(REPO_ROOT / "benchmarks" / "gpu_smoke.sh"), "--dry-run"], folder / "gpu_smoke" / "smoke",
+            environment={"PYTHON": sys.executable, "SMOKE_DIR": str(folder / "gpu_smoke" / "smoke")}),
     }
 
 
@@ -288,7 +324,17 @@ MAIN_JOB = ["--preset", "tiny", "--method", "all"]
 # batches is padded with repeats that must be dropped.
 TWO_PROCESS_EVALUATION = {"max_eval_samples": 41, "per_device_eval_batch_size": 8}
 BACKGROUND = ["main_job", "torchrun_every_cell", "accelerate_lora_library", "torchrun_evaluation",
-              "accelerate_evaluation", "readme_example", "fresh_interpreter"]
+              "accelerate_evaluation", "readme_example", "fresh_interpreter", "terminal_run",
+              "transformers_verbosity_info", "unknown_method_process", "gpu_smoke_dry_run"]
+# The session fixtures that ask for commands of other names; every other fixture in BACKGROUND asks for its own.
+FIXTURE_COMMANDS = {"two_process_evaluations": ["torchrun_evaluation", "accelerate_evaluation"]}
+
+
+def commands_needed(fixturenames) -> list[str]:
+    """The :data:`BACKGROUND` commands that a test with these fixtures (its whole closure) waits for, in lane order."""
+    needed = {command for name in fixturenames
+              for command in FIXTURE_COMMANDS.get(name, [name] if name in BACKGROUND else [])}
+    return [name for name in BACKGROUND if name in needed]
 
 
 class Background:
@@ -298,8 +344,11 @@ class Background:
     other core idle while the test waits for it. These commands (the main job alone trains for about 70 s) run
     beside the tests that do not need them instead, and the tests that read them are collected last (in the order
     of :data:`BACKGROUND`), so on two cores the session takes about the time of its tests alone. A fixture whose
-    command has not finished waits for it; one that was not scheduled (not foreseen from the collected tests) runs
-    its command when it is asked for.
+    command has not started yet runs it itself, beside the lane's current one; one whose command is running runs the
+    lane's next commands until it has finished (the test would only wait: this way both cores work until the end,
+    and the lane is best ordered longest first). A command that was not scheduled (not
+    foreseen from the collected tests' fixtures) is an error: run late, on demand, it would leave the other core idle
+    while the tests wait for it.
     """
 
     def __init__(self, commands: dict[str, Command], names: list[str]):
@@ -309,37 +358,94 @@ class Background:
         self.environment = _process_environment()  # taken now: tests may change os.environ while the thread runs
         self.results: dict[str, subprocess.CompletedProcess | BaseException] = {}
         self.finished = {name: threading.Event() for name in commands}
-        self.running: subprocess.Popen | None = None
+        self.pending = list(names)  # not started yet, in lane order
+        self.lock = threading.Lock()
+        self.running: dict[str, subprocess.Popen] = {}  # by command name
         self.stopped = False
         self.thread = threading.Thread(target=self._run_scheduled, name="background commands", daemon=True)
         self.thread.start()
 
+    def _take(self, name: str | None = None) -> str | None:
+        """Take ``name`` (or the next command) off :attr:`pending`, to run it; ``None`` if it has started already."""
+        with self.lock:
+            if name is None:
+                return self.pending.pop(0) if self.pending and not self.stopped else None
+            if name in self.pending:
+                self.pending.remove(name)
+                return name
+            return None
+
     def _run_scheduled(self) -> None:
-        for name in self.scheduled:
-            if self.stopped:
-                break
+        while (name := self._take()) is not None:
             self._run(name)
 
     def _run(self, name: str) -> None:
         command = self.commands[name]
         command.cwd.mkdir(parents=True, exist_ok=True)
+        environment = {**self.environment, **command.environment}
         try:
-            self.running = subprocess.Popen(command.argv, cwd=command.cwd, env=self.environment, text=True,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-            stdout, stderr = self.running.communicate(timeout=command.timeout)
-            self.results[name] = subprocess.CompletedProcess(command.argv, self.running.returncode, stdout, stderr)
+            if command.terminal:
+                self.results[name] = self._run_on_a_terminal(name, environment)
+            else:
+                process = self._start(name, cwd=command.cwd, env=environment, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
+                stdout, stderr = process.communicate(timeout=command.timeout)
+                self.results[name] = subprocess.CompletedProcess(command.argv, process.returncode, stdout, stderr)
         except BaseException as error:  # (a timeout) the fixture re-raises it in the test that asked
-            self._kill()
+            self._kill(name)
             self.results[name] = error
         finally:
-            self.running = None
+            with self.lock:
+                self.running.pop(name, None)
             self.finished[name].set()
 
+    def _start(self, name: str, **options) -> subprocess.Popen:
+        process = subprocess.Popen(self.commands[name].argv, start_new_session=True, **options)
+        with self.lock:
+            self.running[name] = process
+        return process
+
+    def _run_on_a_terminal(self, name: str, environment: dict[str, str]) -> subprocess.CompletedProcess:
+        import fcntl
+        import pty
+        import select
+        import struct
+        import termios
+        import time
+
+        command = self.commands[name]
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        deadline = time.monotonic() + command.timeout
+        process = self._start(name, cwd=command.cwd, env=environment, stdin=follower, stdout=follower,
+                              stderr=follower)
+        os.close(follower)
+        chunks = []
+        try:
+            while True:
+                if not select.select([leader], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    raise subprocess.TimeoutExpired(command.argv, command.timeout)
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the process has closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            returncode = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            os.close(leader)
+        return subprocess.CompletedProcess(command.argv, returncode, b"".join(chunks).decode(errors="replace"), "")
+
     def launched(self, name: str) -> Launched:
-        """The finished command ``name`` (run now if it was not scheduled), with the folder it wrote."""
+        """The finished command ``name``, with the folder it wrote."""
         if name not in self.scheduled:
-            self.scheduled.append(name)
+            raise RuntimeError(f"the background command {name!r} was asked for but not scheduled: name the fixture "
+                               f"that runs it in tests/conftest.py FIXTURE_COMMANDS")
+        if self._take(name) is not None:  # not started yet: run it here, beside the lane's current command
             self._run(name)
+        while not self.finished[name].is_set() and (other := self._take()) is not None:
+            self._run(other)  # rather than wait with a core idle, run the lane's next command here
         self.finished[name].wait()
         result = self.results[name]
         if isinstance(result, BaseException):
@@ -349,12 +455,13 @@ class Background:
     def stop(self) -> None:
         """Run nothing more, and end what is running (a session stopped early, by -x or Ctrl-C)."""
         self.stopped = True
-        self._kill()
+        for name in list(self.running):
+            self._kill(name)
 
-    def _kill(self) -> None:
+    def _kill(self, name: str) -> None:
         import signal
 
-        process = self.running
+        process = self.running.get(name)
         if process is not None and process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # torchrun's and accelerate's workers too
             process.wait()
@@ -368,8 +475,8 @@ def _process_environment() -> dict[str, str]:
 
 def _background_position(item) -> int:
     """0 for a test that needs no background command, else 1 + the position of the last one it needs."""
-    needed = [BACKGROUND.index(name) for name in item.fixturenames if name in BACKGROUND]
-    return 1 + max(needed) if needed else 0
+    needed = commands_needed(item.fixturenames)
+    return 1 + BACKGROUND.index(needed[-1]) if needed else 0
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -385,7 +492,7 @@ def background(request, tmp_path_factory):
     """The session's :class:`Background` commands, started now for the collected tests that need them."""
     import atexit
 
-    needed = {name for item in request.session.items for name in item.fixturenames}
+    needed = {name for item in request.session.items for name in commands_needed(item.fixturenames)}
     lane = Background(background_commands(tmp_path_factory.mktemp("background")),
                       [name for name in BACKGROUND if name in needed])
     atexit.register(lane.stop)  # (also when the session ends without tearing its fixtures down)
@@ -432,22 +539,25 @@ def readme_python_example() -> str:
     return re.search(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), flags=re.S).group(1)
 
 
-@pytest.fixture(scope="session")
-def readme_example(background) -> Launched:
-    """The README's Python example, as written, in a fresh interpreter (see the module docstring)."""
-    return background.launched("readme_example")
+def launched_fixture(name: str, description: str):
+    """A session fixture named ``name`` that returns the finished :data:`BACKGROUND` command ``name``."""
+    def fixture(background) -> Launched:
+        return background.launched(name)
+
+    fixture.__doc__ = description
+    return pytest.fixture(scope="session", name=name)(fixture)
 
 
-@pytest.fixture(scope="session")
-def torchrun_every_cell(background) -> Launched:
-    """Every cell trained by two gloo processes under torchrun (see the module docstring)."""
-    return background.launched("torchrun_every_cell")
-
-
-@pytest.fixture(scope="session")
-def accelerate_lora_library(background) -> Launched:
-    """peft's LoRA cell trained by two CPU processes under ``accelerate launch`` (see the module docstring)."""
-    return background.launched("accelerate_lora_library")
+LAUNCHED_FIXTURES = {  # the session fixtures that are one BACKGROUND command of the same name: name -> what it is
+    "readme_example": "The README's Python example, as written, in a fresh interpreter (see the module docstring).",
+    "torchrun_every_cell": "Every cell trained by two gloo processes under torchrun (see the module docstring).",
+    "accelerate_lora_library": "peft's LoRA cell trained by two CPU processes under ``accelerate launch``.",
+    "terminal_run": "The tiny preset (30 steps, evaluated twice) on a pseudo-terminal: ``.result.stdout`` is its screen.",
+    "transformers_verbosity_info": "A 2-step run of the tiny preset in a process with ``TRANSFORMERS_VERBOSITY=info``.",
+    "unknown_method_process": "``python run_experiment.py --preset tiny --method qlora`` (no such method), a process.",
+    "gpu_smoke_dry_run": "``bash benchmarks/gpu_smoke.sh --dry-run`` with ``SMOKE_DIR`` at ``.output_dir``.",
+}
+globals().update({name: launched_fixture(name, description) for name, description in LAUNCHED_FIXTURES.items()})
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,9 @@ from hf_peft_suite.methods import METHODS
 from hf_peft_suite.tiny import build_tiny_model, tiny_t5_config
 
 from .conftest import ADAPTERHUB_PROBLEM, requires_adapterhub, requires_no_gpu, without_adapterhub
-from .helpers import assert_refused, run_cli, snapshot, write_split_files
-QUICK = ["--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8"]
+from .helpers import assert_refused, snapshot, write_split_files
+# (--no_figures: the figures are test_figures.py's; drawing one takes about 0.2 s, a fifth of a run here)
+QUICK = ["--preset", "tiny", "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8", "--no_figures"]
 
 
 ROWS = [{"text": "great movie", "label": "positive"}, {"text": "awful plot", "label": "negative"}] * 4
@@ -106,12 +107,15 @@ def test_library_implementation_not_installed(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
-    result = run_cli("--preset", "tiny", "--method", "qlora", "--output_dir", tmp_path / "out")
+def test_bad_input_in_a_real_process_prints_one_line_and_no_traceback(unknown_method_process):
+    """``run_experiment.py --preset tiny --method qlora`` as a real process (the session's ``unknown_method_process``):
+    exit status 2, one line, nothing written."""
+    result, output_dir = unknown_method_process
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown method 'qlora'; choose one of " + ", ".join(METHODS) + " (--method NAME)"
     ]
+    assert not output_dir.exists()
 
 
 @requires_no_gpu

@@ -4,9 +4,7 @@ libraries (one process and two), and ``--verbose`` or the libraries' own setting
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -14,8 +12,8 @@ import pytest
 from hf_peft_suite.cli import main
 from hf_peft_suite.comparison import comparison_cells
 
-from .conftest import REPO_ROOT, readme_python_example
-from .helpers import TWO_PROCESS_BATCH_WARNING, cli_environment, run_cli
+from .conftest import readme_python_example
+from .helpers import TWO_PROCESS_BATCH_WARNING
 
 # What a normal run must not print: the warnings the libraries gave before, their progress bars, Trainer's log dicts.
 NOISE = ("max_new_tokens", "find_unused_parameters", "is_gradient_checkpointing", "PAD/BOS/EOS", "past_key_value",
@@ -116,21 +114,21 @@ def test_the_libraries_own_settings_win_over_quiet(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("flags", "env", "expected"), [
-    (["--verbose"], {}, "Tokenizing"),  # datasets' progress bars and logs are back
-    ([], {"TRANSFORMERS_VERBOSITY": "info"}, "***** Running training *****"),  # transformers' own setting wins
-], ids=["verbose", "TRANSFORMERS_VERBOSITY"])
-def test_verbose_or_the_libraries_own_settings_bring_their_logs_back(flags, env, expected, tmp_path, capfd):
-    """``--verbose`` is read by the command, so it runs in this process; ``TRANSFORMERS_VERBOSITY`` is read by
-    transformers when a process imports it, so that case is a new process."""
-    argv = ["--preset", "tiny", "--max_steps", "2", "--max_eval_samples", "16", "--output_dir", tmp_path / "run", *flags]
-    if env:
-        result = run_cli(*argv, **env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert expected in result.stderr
-        return
+def test_verbose_brings_the_libraries_logs_back(tmp_path, capfd):
+    """``--verbose`` is read by the command, so it runs in this process: datasets' progress bars and logs are back."""
+    argv = ["--preset", "tiny", "--max_steps", "2", "--max_eval_samples", "16", "--output_dir", tmp_path / "run",
+            "--verbose"]
     assert main([str(item) for item in argv]) == 0
-    assert expected in capfd.readouterr().err
+    assert "Tokenizing" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_transformers_own_verbosity_setting_wins(transformers_verbosity_info):
+    """``TRANSFORMERS_VERBOSITY`` is read by transformers when a process imports it, so that case is a new process
+    (the session's ``transformers_verbosity_info``: the same run started with ``TRANSFORMERS_VERBOSITY=info``)."""
+    result, _ = transformers_verbosity_info
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "***** Running training *****" in result.stderr
 
 
 @pytest.mark.slow
@@ -158,31 +156,12 @@ def test_accelerate_launch_is_quiet(accelerate_lora_library):
 
 
 @pytest.mark.slow
-def test_on_a_terminal_training_and_evaluation_draw_progress_bars(tmp_path):
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    command = [sys.executable, "run_experiment.py", "--preset", "tiny", "--max_steps", "30", "--eval_strategy", "steps",
-               "--eval_steps", "15", "--max_eval_samples", "64", "--output_dir", str(tmp_path / "run")]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=cli_environment(), stdin=follower, stdout=follower,
-                               stderr=follower)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # the process has closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    assert process.wait(timeout=300) == 0
-    os.close(leader)
-    screen = b"".join(chunks).decode(errors="replace")
+def test_on_a_terminal_training_and_evaluation_draw_progress_bars(terminal_run):
+    """The tiny preset, 30 steps evaluated twice, in a process whose stdin, stdout and stderr are a terminal (the
+    session's ``terminal_run``, on a pseudo-terminal of 120 x 40)."""
+    result, _ = terminal_run
+    screen = result.stdout
+    assert result.returncode == 0, screen[-3000:]
     assert re.search(r"full/scratch training: +\d+%\|", screen), screen[-2000:]
     assert re.search(r"full/scratch evaluation: +\d+%\|", screen), screen[-2000:]
     assert "  epoch  train_loss  valid_acc" in screen and "best valid_acc" in screen

@@ -82,8 +82,8 @@ def test_processes_launched_together_that_would_train_alone_are_refused(tmp_path
     (each would train alone and overwrite the others' files): refused, one line per process, nothing written. The
     lowest supported accelerate (1.3) forms a gloo group there anyway: then they train together, as one run."""
     output_dir = tmp_path / "run"
-    result = run_cli("--preset", "tiny", "--use_cpu", "false", "--max_steps", "2", "--output_dir", output_dir,
-                     launcher=TORCHRUN)
+    result = run_cli("--preset", "tiny", "--use_cpu", "false", "--max_steps", "2", "--max_train_samples", "64",
+                     "--max_eval_samples", "8", "--output_dir", output_dir, launcher=TORCHRUN)
     if result.returncode == 0:  # one group of 2 processes: one run, trained together
         assert json.loads((output_dir / "results.json").read_text())["world_size"] == WORLD_SIZE
         return
@@ -140,7 +140,8 @@ def test_a_cell_failing_on_one_process_ends_every_process_with_one_line_within_a
     script, output_dir = tmp_path / "out_of_memory_on_process_1.py", tmp_path / "compare"
     script.write_text(OUT_OF_MEMORY_ON_PROCESS_1)
     command = [*TORCHRUN, str(script), "--method", "all", "--implementation", "scratch", "--preset", "tiny",
-               "--max_steps", "2", "--output_dir", str(output_dir)]
+               "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "8", "--output_dir",
+               str(output_dir)]
     # Without the stop, the command would wait out the 30-minute collective timeout: 240 s is far from both.
     result = subprocess.run(command, cwd=REPO_ROOT, env=cli_environment(), capture_output=True, text=True, timeout=240)
     ended = time.time()

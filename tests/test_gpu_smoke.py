@@ -35,8 +35,9 @@ def test_without_a_gpu_the_smoke_script_refuses_in_one_line(tmp_path):
     assert not (tmp_path / "smoke").exists()
 
 
-def test_the_dry_run_lists_every_check_and_every_command_parses(tmp_path):
-    result = run_script("--dry-run", SMOKE_DIR=str(tmp_path / "smoke"))
+def test_the_dry_run_lists_every_check_and_every_command_parses(gpu_smoke_dry_run):
+    """The session's ``gpu_smoke_dry_run``: ``bash benchmarks/gpu_smoke.sh --dry-run`` with ``SMOKE_DIR`` set."""
+    result, smoke_dir = gpu_smoke_dry_run
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     assert [line.split()[1] for line in lines[:-1]] == CHECKS and all(line.startswith("DRY ") for line in lines[:-1])
@@ -44,7 +45,7 @@ def test_the_dry_run_lists_every_check_and_every_command_parses(tmp_path):
     limits = {line.split()[1]: int(line.split()[2].removesuffix("s")) for line in lines[:-1]}
     assert sum(limits[name] for name in ONE_GPU_CHECKS) <= 570
     assert lines[-1] == "every command parses"
-    assert not (tmp_path / "smoke").exists()
+    assert not smoke_dir.exists()
 
 
 def test_a_command_that_does_not_parse_fails_the_dry_run(tmp_path, capsys):

@@ -1,8 +1,8 @@
-"""The suite's own rule on skips (tests/conftest.py): every skip is declared with a mark at the test and has a
+"""The suite's own rules (tests/conftest.py). Every skip is declared with a mark at the test and has a
 documented reason, and with ``HF_PEFT_SUITE_REQUIRE_ALL=1`` (set by ``.ci/run``) any other skip fails the suite.
 
 The rule is checked by running small test files in an inner pytest session (pytest's own ``pytester``) with the
-suite's hooks.
+suite's hooks. The last test checks that the session's background lane foresees every command its fixtures wait for.
 """
 
 from __future__ import annotations
@@ -74,3 +74,25 @@ def test_with_the_variable_a_module_that_skips_as_it_is_collected_fails(inner, m
     result = inner.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     assert result.ret != 0
+
+
+# ------------------------------------------------------------------------------------ the session's background lane
+def test_every_fixture_that_waits_for_the_background_lane_schedules_what_it_waits_for(tmp_path):
+    """The lane runs a command from the session's start only if a collected test's fixtures foresee it; one asked for
+    without being foreseen is an error (``two_process_evaluations`` once ran its two launches late, on demand, 16 s
+    with one core idle). Every ``background.launched(name)`` in conftest.py must be foreseen from its fixture."""
+    import ast
+    import inspect
+
+    from . import conftest
+
+    asked = {name: {name} for name in conftest.LAUNCHED_FIXTURES}
+    for function in ast.parse(inspect.getsource(conftest)).body:  # the fixtures of their own
+        if isinstance(function, ast.FunctionDef) and function.name != "launched_fixture":
+            names = {call.args[0].value for call in ast.walk(function) if isinstance(call, ast.Call)
+                     and getattr(call.func, "attr", None) == "launched" and isinstance(call.args[0], ast.Constant)}
+            if names:
+                asked[function.name] = names
+    assert sorted(set().union(*asked.values())) == sorted(conftest.BACKGROUND)
+    assert sorted(conftest.background_commands(tmp_path)) == sorted(conftest.BACKGROUND)
+    assert {fixture: set(conftest.commands_needed([fixture])) for fixture in asked} == asked
