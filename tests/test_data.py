@@ -163,3 +163,23 @@ def test_empty_texts_and_empty_splits_are_refused(tmp_path, tiny_tokenizer):
     (empty / "test.csv").write_text("text,label\n")
     with pytest.raises(UsageError, match="(the test split is empty|cannot read)"):
         load_data(DataArguments(dataset_name=str(empty)), tiny_tokenizer)
+
+
+@pytest.mark.parametrize("template", [None, "review: {text}"], ids=["text_column", "input_template"])
+def test_load_data_reads_each_column_in_one_batch_not_row_by_row(template, tiny_tokenizer, monkeypatch):
+    """From datasets 4 on, ``dataset[column]`` is a lazy ``Column`` read row by row as it is iterated: a pass over
+    IMDB's 25,000 training texts took 0.72 s so, 0.03 s in one batch (``column_values``), and a run made several."""
+    import datasets
+
+    asked, real = [], datasets.Dataset.__getitem__
+
+    def getitem(self, key):
+        if isinstance(key, str):
+            asked.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(datasets.Dataset, "__getitem__", getitem)
+    data = load_data(DataArguments(dataset_name=TINY_DATASET_NAME, input_template=template, max_train_samples=64,
+                                   max_eval_samples=16), tiny_tokenizer)
+    assert (len(data.train_dataset), len(data.eval_dataset)) == (64, 16)
+    assert asked == []
