@@ -404,7 +404,7 @@ def collect_results(plan: Plan, built: Built, trainer, train_output, history: li
         "history": history,
         "best_accuracy": best["eval_accuracy"],
         "best_epoch": best["epoch"],
-        "before_training": {key: value for key, value in start.items() if key.startswith("eval_")} if start else None,
+        "before_training": eval_metrics(start) if start else None,
         "saved_model": saved,
         "final_metrics": final,
         "parameters": built.parameters,
@@ -442,10 +442,10 @@ def saved_model(trainer: GenerationAccuracyTrainer, history: list[dict]) -> tupl
         metric = args.metric_for_best_model if args.metric_for_best_model.startswith("eval_") \
             else f"eval_{args.metric_for_best_model}"
         chosen_by = f"the best {metric} ({'higher' if args.greater_is_better else 'lower'} is better)"
-    final = {key: value for key, value in row.items() if key.startswith("eval_")}
+    final = eval_metrics(row)
     if row["step"] not in trainer.eval_class_ids:
         output = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
-        final = {key: value for key, value in output.metrics.items() if key.startswith("eval_")}
+        final = eval_metrics(output.metrics)
         trainer.eval_class_ids[row["step"]] = trainer.last_eval_class_ids
     saved = {"epoch": row["epoch"], "step": row["step"], "checkpoint": Path(checkpoint).name if checkpoint else None,
              "chosen_by": chosen_by}
@@ -504,6 +504,11 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def eval_metrics(metrics: dict) -> dict:
+    """The evaluation entries (``eval_*``) of a log row or a metrics dict, in their order."""
+    return {key: value for key, value in metrics.items() if key.startswith("eval_")}
+
+
 def epoch_history(log_history: list[dict]) -> list[dict]:
     """One row per evaluation: epoch, the last logged training loss before it, and the eval metrics."""
     rows, last_loss = [], None
@@ -512,7 +517,7 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
             last_loss = entry["loss"]
         if "eval_accuracy" in entry:
             row = {"epoch": round(entry.get("epoch", 0.0), 4), "step": entry.get("step"), "train_loss": last_loss}
-            row.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+            row.update(eval_metrics(entry))
             rows.append(row)
     return rows
 
