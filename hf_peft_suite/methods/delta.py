@@ -117,8 +117,9 @@ class DeltaModel(PreTrainedModel):
         """The delta's tensors, taken from ``state_dict`` when given (Trainer passes the one FSDP or DeepSpeed gathers,
         whose names carry no wrapper segments)."""
         names = self.delta_parameter_names()
+        declared = set(names)
         undeclared = [name for name, parameter in self.parameters_by_unwrapped_name().items()
-                      if parameter.requires_grad and name not in set(names)]
+                      if parameter.requires_grad and name not in declared]
         if undeclared:  # trained but never saved: a method forgot to list it in adapter_params()
             raise RuntimeError(f"{type(self).__name__} trains parameters no DeltaModule declares: {undeclared[:3]}")
         state_dict = self.state_dict() if state_dict is None else state_dict
