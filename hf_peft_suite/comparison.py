@@ -9,8 +9,9 @@ folder's ``error.json`` and does not stop the others; under several processes (`
 cell that fails on one process only (out of memory, a bug) stops the comparison on every process with one line each,
 since the others wait for it in a collective (:func:`_stop_every_process`). Running the same command again skips
 finished runs (those with a ``results.json``) and redoes failed or missing ones. As it goes it prints ``cell k/N:
-method/implementation`` with the elapsed time and an estimate of what is left; at the end ``comparison.{md,csv,json}``, ``comparison.png`` and
-``learning_curves.png`` are written (:mod:`hf_peft_suite.report`) and the total time is printed.
+method/implementation`` with the elapsed time and an estimate of what is left; at the end
+``comparison.{md,csv,json}``, ``comparison.png`` and ``learning_curves.png`` are written (:mod:`hf_peft_suite.report`;
+not the figures with ``--no_figures``) and the total time is printed.
 """
 
 from __future__ import annotations
